@@ -10,6 +10,7 @@ import json
 import mmap
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,17 +177,20 @@ class TorchFile:
 
 def load_torch_weights_only(path: Path) -> object:
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e) and "zip" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol chatter; real failures are raised below
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e) and "zip" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        lines = [ln.split("error:")[-1].strip() for ln in str(e).splitlines()]
+        reason = next((ln for ln in lines if "unsupported" in ln.lower() and "file an issue" not in ln), "unsupported content")
         raise LadleError(
-            f"refused to unpickle: it needs code, and ladle only loads weights (weights_only=True): {first}. "
-            "Convert it to .safetensors with a trusted script",
+            f"refused to unpickle: it needs code ({reason}), and ladle loads weights only "
+            "(torch.load weights_only=True). Convert it to .safetensors with a trusted script",
             file=path,
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
