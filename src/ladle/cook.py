@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import platform
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,5 +215,4 @@ def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, excl
         "trace": plan.trace(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
-        "command": sys.argv if sys.argv and sys.argv[0].endswith("ladle") else None,
     }
