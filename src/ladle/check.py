@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -118,6 +119,7 @@ def check(
     hashers = [hashlib.sha256() for _ in ingredients]
     gram = torch.zeros(n, n, dtype=torch.float64)  # of task vectors (with base) or of raw weights
     sqdist = torch.zeros(n, n, dtype=torch.float64)
+    nonfinite: set[int] = set()  # their distances are unknown, not zero
     for key in tqdm(shared, desc="check", unit="tensor", disable=not progress):
         info = ingredients[0].info(key)
         tensors = [ing.get(key) for ing in ingredients]
@@ -128,8 +130,9 @@ def check(
             differs = any(not torch.equal(tensors[0], t) for t in tensors[1:])
             report.integer_buffers.append({"key": key, "dtype": DTYPE_NAMES[info.dtype], "agree": not differs})
             continue
-        for ing, t in zip(ingredients, tensors):
+        for i, (ing, t) in enumerate(zip(ingredients, tensors)):
             if not torch.isfinite(t).all():
+                nonfinite.add(i)
                 report.warnings.append({"kind": "nonfinite", "file": ing.name, "key": key,
                                         "message": "holds NaN or Inf values"})
         base_t = base.get(key).reshape(-1) if base is not None else None
@@ -141,6 +144,18 @@ def check(
             gram += block @ block.T
             sqdist += torch.cdist(block, block, compute_mode="donot_use_mm_for_euclid_dist") ** 2
         for ing in everyone:
+            ing.release(key)
+    # Keys with a problem take no part in distances, but they do in identity: without this, ingredients
+    # that differ only where they mismatch (say, one tensor's dtype) would be reported identical.
+    selected = [set(select_keys(ing.keys(), include, exclude)) for ing in ingredients]
+    for key in sorted(bad):
+        for h, ing, have in zip(hashers, ingredients, selected):
+            if key not in have:
+                h.update(f"{key}|absent|".encode())
+                continue
+            info = ing.info(key)
+            h.update(f"{key}|{DTYPE_NAMES[info.dtype]}|{list(info.shape)}|".encode())
+            h.update(_bytes_of(ing.get(key)))
             ing.release(key)
 
     digests = [h.hexdigest() for h in hashers]
@@ -157,16 +172,25 @@ def check(
         if not b["agree"]:
             report.warnings.append({"kind": "integer", "file": None, "key": b["key"],
                                     "message": "integer buffer differs between ingredients: never averaged, the first ingredient's is kept"})
+    unknown = sorted(nonfinite)
+    norms = gram.diagonal().clamp_min(0).sqrt()
     if base is not None:
-        norms = gram.diagonal().clamp_min(0).sqrt()
+        norms[unknown] = math.nan
         report.task_vector_norms = [round(float(v), 6) for v in norms]
-        report.task_vector_cosine = _rounded(pairwise_cosine(gram))
+        report.task_vector_cosine = _rounded(_mark_unknown(pairwise_cosine(gram), unknown))
     else:
-        norms = gram.diagonal().clamp_min(0).sqrt()
         mean_norm = (norms[:, None] + norms[None, :]) / 2
         rel = torch.where(mean_norm > 0, sqdist.sqrt() / mean_norm.clamp_min(1e-300), torch.zeros_like(sqdist))
-        report.relative_l2 = _rounded(rel)
+        report.relative_l2 = _rounded(_mark_unknown(rel, unknown))
     return report
+
+
+def _mark_unknown(m: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """NaN (null in JSON) for ingredients with non-finite values, whose distances mean nothing."""
+    m = m.clone()
+    m[rows, :] = math.nan
+    m[:, rows] = math.nan
+    return m
 
 
 def _rounded(m: torch.Tensor) -> list[list[float]]:

@@ -189,11 +189,11 @@ def load_torch_weights_only(path: Path) -> object:
         lines = [ln.split("error:")[-1].strip() for ln in str(e).splitlines()]
         reason = next((ln for ln in lines if "unsupported" in ln.lower() and "file an issue" not in ln), "unsupported content")
         raise LadleError(
-            f"refused to unpickle: it needs code ({reason}), and ladle loads weights only "
+            f"refused to unpickle: not plain tensors ({reason}): it needs code or is not a checkpoint; ladle loads weights only "
             "(torch.load weights_only=True). Convert it to .safetensors with a trusted script",
             file=path,
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001  (torch's weights-only unpickler raises IndexError, KeyError… on garbage)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LadleError(f"cannot load as a PyTorch checkpoint: {first}", file=path) from None
 
@@ -304,6 +304,8 @@ def open_ingredient(source: object, name: str | None = None) -> Ingredient:
         raise LadleError("no such file or directory", file=path)
     if path.is_dir():
         return _open_directory(path)
+    if path.name.endswith(".index.json"):
+        return _open_index(path.parent, path)
     return _from_readers(str(path), [_open_file(path)], [path])
 
 
@@ -329,25 +331,30 @@ def _open_directory(path: Path) -> Ingredient:
             continue
         if layout == "file":
             return _from_readers(str(path), [_open_file(candidate)], [candidate])
-        try:
-            weight_map = json.loads(candidate.read_text())["weight_map"]
-            shard_names = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise LadleError("corrupt index: needs a 'weight_map' of key -> shard file", file=candidate) from None
-        shards = [path / s for s in shard_names]
-        for shard in shards:
-            if not shard.is_file():
-                raise LadleError(f"index names a shard that is missing: {shard.name}", file=candidate)
-        readers = [_open_file(s) for s in shards]
-        ingredient = _from_readers(str(path), readers, shards)
-        listed, found = set(weight_map), set().union(*(r.infos for r in readers))
-        if listed != found:
-            missing = sorted(listed - found) or sorted(found - listed)
-            raise LadleError("index and shards disagree about which tensors exist", file=candidate, key=missing[0])
-        return ingredient
+        return _open_index(path, candidate)
     raise LadleError(
         "directory holds no checkpoint (looked for " + ", ".join(f for f, _ in HF_LAYOUTS) + ")", file=path
     )
+
+
+def _open_index(path: Path, index: Path) -> Ingredient:
+    """A sharded checkpoint: an index mapping each key to its shard file."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shard_names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise LadleError("corrupt index: needs a 'weight_map' of key -> shard file", file=index) from None
+    shards = [path / s for s in shard_names]
+    for shard in shards:
+        if not shard.is_file():
+            raise LadleError(f"index names a shard that is missing: {shard.name}", file=index)
+    readers = [_open_file(s) for s in shards]
+    ingredient = _from_readers(str(path), readers, shards)
+    listed, found = set(weight_map), set().union(*(r.infos for r in readers))
+    if listed != found:
+        missing = sorted(listed - found) or sorted(found - listed)
+        raise LadleError("index and shards disagree about which tensors exist", file=index, key=missing[0])
+    return ingredient
 
 
 def _from_readers(name: str, readers: list, files: list[Path]) -> Ingredient:

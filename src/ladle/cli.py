@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -63,13 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json(obj) -> str:
+    """Strict JSON (RFC 8259) for --json: NaN and ±Inf, which non-finite ingredients produce, become null."""
+
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False, default=str)
+
+
+def _show_progress(args) -> bool:
+    """Progress bars only for a person at a terminal: piped or logged, stderr stays one line per error."""
+    return not args.json and sys.stderr.isatty()
+
+
 def run_check(args) -> int:
     from . import check
     from .check import format_report
 
     report = check(args.ingredients, base=args.base, include=args.include or (), exclude=args.exclude or (),
-                   progress=not args.json)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+                   progress=_show_progress(args))
+    print(_json(report.to_dict()) if args.json else format_report(report))
     return 0 if report.ok else EXIT_BAD_INPUT
 
 
@@ -101,13 +122,13 @@ def run_cook(args) -> int:
     ingredients = fields.pop("ingredients")
     out = fields.pop("output")
     try:
-        soup = cook(recipe, ingredients, out=out, progress=not args.json, **fields)
+        soup = cook(recipe, ingredients, out=out, progress=_show_progress(args), **fields)
     except LadleError as e:
         raise locate(e, recipe_path, lines) if recipe_path else e
     for note in soup.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"output": str(soup.path), "sha256": soup.sha256, "manifest": soup.manifest}, indent=2))
+        print(_json({"output": str(soup.path), "sha256": soup.sha256, "manifest": soup.manifest}))
         return 0
     print(f"wrote {soup.path}: {soup.manifest['selection']['tensors']} tensors, recipe {recipe}, "
           f"weights {_short(soup.manifest['weights'])}")
@@ -136,8 +157,19 @@ def run_demo(args) -> int:
     return demo(Path(args.out))
 
 
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """`--weights -1,2` would read as an option to argparse: glue such values on (`--weights=-1,2`)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--weights", "--alpha") and arg.startswith("-") and arg[1:2].isdigit() | (arg[1:2] == "."):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     handler = {"check": run_check, "cook": run_cook, "recipes": run_recipes, "demo": run_demo}[args.command]
     try:
         return handler(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 import platform
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,6 +90,10 @@ def cook(
     unknown = sorted(set(params) - set(spec.parameters))
     if unknown:
         raise LadleError(f"{unknown[0]}: not a parameter of recipe '{recipe}' (it takes: {', '.join(spec.parameters) or 'none'})")
+    signature = inspect.signature(spec.make_plan).parameters
+    missing = [p for p in spec.parameters if p not in params and signature[p].default is inspect.Parameter.empty]
+    if missing:
+        raise LadleError(f"{missing[0]}: recipe '{recipe}' needs this parameter")
     if not ingredients:
         raise LadleError("no ingredients given")
     if spec.base == BASE_REQUIRED and base is None:

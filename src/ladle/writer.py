@@ -42,6 +42,13 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+def human_size(n: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} bytes"
+
+
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytes, list[torch.Tensor]]:
     """The header of a safetensors file and the tensors in the order their bytes follow it."""
     # Larger items first keeps every tensor aligned to its element size (no holes are allowed).
@@ -152,7 +159,7 @@ class SoupWriter:
         if self.is_file:
             if total > self.max_shard_size:
                 raise LadleError(
-                    f"the soup is {total / 1e9:.2f} GB, above --max-shard-size {self.max_shard_size / 1e9:.2f} GB: "
+                    f"the soup is {human_size(total)}, above --max-shard-size {human_size(self.max_shard_size)}: "
                     "give a directory as output to write shards, or raise --max-shard-size",
                     file=self.out,
                 )
