@@ -17,7 +17,7 @@ from .check import find_mismatches, select_keys
 from .checkpoints import DTYPE_NAMES, SAFETENSORS_DTYPES, Ingredient, TensorInfo, is_float, open_ingredient
 from .errors import LadleError
 from .recipes import BASE_NONE, BASE_REQUIRED, RECIPES
-from .writer import SoupWriter
+from .writer import SoupWriter, check_destination
 
 INT_POLICIES = ("first", "strict")
 ACCUMULATORS = {"float32": torch.float32, "float64": torch.float64}
@@ -105,8 +105,6 @@ def cook(
 
     ings = [open_ingredient(i) for i in ingredients]
     base_ing = open_ingredient(base) if base is not None else None
-    plan = spec.make_plan(len(ings), **params)
-
     keys = select_keys(ings[0].keys(), include, exclude)
     if not keys:
         raise LadleError("no tensors selected" + (" by --include/--exclude" if include or exclude else ""), file=ings[0].name)
@@ -117,6 +115,11 @@ def cook(
         hint = "; pass --dtype to soup mixed dtypes" if m.kind == "dtype" else (
             "; use --include/--exclude to soup only the shared part" if m.kind in ("missing", "extra") else "")
         raise LadleError(m.message + hint, file=m.file, key=m.key)
+    if out is not None:
+        check_destination(Path(out), force)  # before any (possibly long) tasting
+    if "evaluator" in params:  # evaluation-driven recipes score candidate soups of these ingredients
+        params["evaluator"].bind(ings, keys)
+    plan = spec.make_plan(len(ings), **params)
 
     out_infos = {}
     for k in keys:
@@ -130,19 +133,10 @@ def cook(
     with ThreadPoolExecutor(max_workers=1) as pool:
         hashes = {f: pool.submit(sha256_file, f) for f in files}  # overlaps with mixing
         try:
-            for key in tqdm(keys, desc=f"cook {recipe}", unit="tensor", disable=not progress):
-                if is_float(out_infos[key].dtype):
-                    base_t = base_ing.get(key) if base_ing else None
-                    if base_t is not None:
-                        _check_finite(base_t, base_ing, key, reject_nonfinite)
-                    mixed = plan.mix(key, _reader(ings, key, reject_nonfinite), base_t, acc_dtype)
-                    tensor = mixed.to(out_infos[key].dtype)
-                else:
-                    tensor, agree = _integer_tensor(ings, key, int_policy)
-                    if not agree:
-                        int_disagreements.append(key)
-                for ing in everyone:
-                    ing.release(key)
+            stream = mix_stream(plan, ings, keys, base_ing, out_dtypes={k: i.dtype for k, i in out_infos.items()},
+                                accumulate=acc_dtype, int_policy=int_policy, reject_nonfinite=reject_nonfinite,
+                                int_disagreements=int_disagreements)
+            for key, tensor in tqdm(stream, total=len(keys), desc=f"cook {recipe}", unit="tensor", disable=not progress):
                 if writer:
                     writer.add(key, tensor)
                 else:
@@ -162,6 +156,26 @@ def cook(
         notes.append(f"{len(int_disagreements)} integer tensors differ between ingredients; kept the first ingredient's "
                      f"(e.g. '{int_disagreements[0]}')")
     return Soup(manifest, state if writer is None else None, Path(out) if out is not None else None, sha, notes)
+
+
+def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredient | None = None, *,
+               out_dtypes: dict[str, torch.dtype] | None = None, accumulate: torch.dtype = torch.float32,
+               int_policy: str = "first", reject_nonfinite: bool = False, int_disagreements: list[str] | None = None):
+    """Yield (key, mixed tensor) one key at a time: the heart of every soup, on disk or in memory."""
+    for key in keys:
+        dtype = out_dtypes[key] if out_dtypes else ings[0].info(key).dtype
+        if is_float(dtype):
+            base_t = base_ing.get(key) if base_ing else None
+            if base_t is not None:
+                _check_finite(base_t, base_ing, key, reject_nonfinite)
+            tensor = plan.mix(key, _reader(ings, key, reject_nonfinite), base_t, accumulate).to(dtype)
+        else:
+            tensor, agree = _integer_tensor(ings, key, int_policy)
+            if not agree and int_disagreements is not None:
+                int_disagreements.append(key)
+        for ing in ings + ([base_ing] if base_ing else []):
+            ing.release(key)
+        yield key, tensor
 
 
 def _check_finite(t: torch.Tensor, ing: Ingredient, key: str, reject: bool) -> None:

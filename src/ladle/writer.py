@@ -131,6 +131,17 @@ def sweep_stale_temporaries(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
+def check_destination(out: Path, force: bool) -> None:
+    """Refuse to overwrite without force, or to put a file where a directory is (or the reverse)."""
+    is_file = out.suffix == ".safetensors"
+    if out.exists() and not force:
+        raise LadleError("output exists; pass --force to overwrite it", file=out)
+    if out.exists() and is_file != out.is_file():
+        raise LadleError("output exists and is a " + ("directory" if is_file else "file"), file=out)
+    if not out.parent.is_dir():
+        raise LadleError("output directory does not exist", file=out.parent)
+
+
 class SoupWriter:
     """Collects finished tensors and writes them atomically; use as a context manager."""
 
@@ -138,12 +149,7 @@ class SoupWriter:
         self.out = Path(out)
         self.is_file = self.out.suffix == ".safetensors"
         self.max_shard_size = parse_size(max_shard_size)
-        if self.out.exists() and not force:
-            raise LadleError("output exists; pass --force to overwrite it", file=self.out)
-        if self.out.exists() and self.is_file != self.out.is_file():
-            raise LadleError("output exists and is a " + ("directory" if self.is_file else "file"), file=self.out)
-        if not self.out.parent.is_dir():
-            raise LadleError("output directory does not exist", file=self.out.parent)
+        check_destination(self.out, force)
         self.shards = self._plan_shards(infos)
         self.shard_of = {k: i for i, keys in enumerate(self.shards) for k in keys}
         self.pending: dict[str, torch.Tensor] = {}

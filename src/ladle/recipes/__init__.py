@@ -25,6 +25,7 @@ class Plan:
     weights: list[float]
     base_weight: float = 0.0
     notes: list[str] = field(default_factory=list)
+    record: dict = field(default_factory=dict)  # for the manifest's trace (e.g. greedy's decisions)
 
     def mix(self, key: str, tensors: Callable[[list[int]], Iterable[torch.Tensor]], base, accumulate) -> torch.Tensor:
         used = [i for i, w in enumerate(self.weights) if w != 0.0]  # zero weight: never read
@@ -37,7 +38,17 @@ class Plan:
         return mixing.weighted_sum(stream, weights, accumulate)
 
     def trace(self) -> dict:
-        return {}
+        return self.record
+
+
+@dataclass
+class KeyedPlan(Plan):
+    """Mixing weights that differ by key (learned per-layer soups); keys not listed use `weights`."""
+
+    by_key: dict[str, list[float]] = field(default_factory=dict)
+
+    def mix(self, key, tensors, base, accumulate):
+        return Plan(self.by_key.get(key, self.weights), self.base_weight).mix(key, tensors, base, accumulate)
 
 
 def _prepend(first, rest):
@@ -72,4 +83,4 @@ def recipe(name: str, *, base: str = BASE_NONE, reference: str = ""):
     return register
 
 
-from . import interpolate, model_stock, uniform, weighted  # noqa: E402,F401  (each registers itself)
+from . import greedy, interpolate, learned, model_stock, season, uniform, weighted  # noqa: E402,F401  (each registers itself)

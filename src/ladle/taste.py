@@ -1,0 +1,132 @@
+"""`ladle taste`: soups beside their ingredients, the best single one and the output ensemble.
+
+Every checkpoint is evaluated once per split (logits cached); a checkpoint with a ladle manifest is a
+soup, the others are ingredients. The table reports accuracy / NLL / ECE per split and the soup gain,
+acc(soup) − max acc(ingredients), with the BatchNorm policies side by side when asked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoints import open_ingredient
+from .data import ImageSet
+from .evaluate import BN_POLICIES, Evaluator, Metrics, check_num_classes
+from .models import ModelSpec
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str  # ingredient | soup | ensemble | best single
+    metrics: dict[str, Metrics] = field(default_factory=dict)
+    bn: str = ""
+
+    def accuracy(self, split: str) -> float:
+        return self.metrics[split].accuracy if split in self.metrics else math.nan
+
+
+@dataclass
+class TasteReport:
+    splits: list[str]
+    rows: list[Row]
+
+    def ingredients(self) -> list[Row]:
+        return [r for r in self.rows if r.kind == "ingredient"]
+
+    def best_single(self, split: str) -> float:
+        return max((r.accuracy(split) for r in self.ingredients()), default=math.nan)
+
+    def gain(self, row: Row, split: str) -> float:
+        return row.accuracy(split) - self.best_single(split)
+
+    def to_dict(self) -> dict:
+        return {"splits": self.splits, "best_single": {s: self.best_single(s) for s in self.splits},
+                "rows": [{"name": r.name, "kind": r.kind, "bn": r.bn,
+                          "metrics": {s: m.as_dict() for s, m in r.metrics.items()},
+                          "soup_gain": {s: self.gain(r, s) for s in r.metrics} if r.kind != "ingredient" else None}
+                         for r in self.rows]}
+
+    def format(self, digits: int = 2) -> str:
+        head = f"{'model':<34}{'kind':<12}" + "".join(f"{s + ' acc':>14}{'gain':>8}" for s in self.splits)
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            cells = ""
+            for s in self.splits:
+                acc = 100 * r.accuracy(s)
+                gain = "" if r.kind == "ingredient" else f"{100 * self.gain(r, s):+.{digits}f}"
+                cells += f"{acc:>14.{digits}f}{gain:>8}"
+            label = r.name if len(r.name) <= 33 else "…" + r.name[-32:]
+            lines.append(f"{label:<34}{(r.kind + (' ' + r.bn if r.bn else ''))[:11]:<12}{cells}")
+        lines.append(f"{'best single ingredient':<34}{'':<12}" +
+                     "".join(f"{100 * self.best_single(s):>14.{digits}f}{'':>8}" for s in self.splits))
+        return "\n".join(lines)
+
+
+def is_soup(path) -> bool:
+    from . import read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except Exception:  # noqa: BLE001  not a ladle file: an ingredient
+        return False
+    return bool(manifest and manifest.get("recipe"))
+
+
+def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: str | list[str] = "average",
+          bn_data: ImageSet | None = None, uniform: bool = True, device="cpu", batch_size: int = 256,
+          progress: bool = False) -> TasteReport:
+    """Evaluate checkpoints, the uniform soup of the ingredients and their ensemble on every split."""
+    from .cook import cook
+
+    policies = list(BN_POLICIES) if bn == "all" else ([bn] if isinstance(bn, str) else list(bn))
+    model = spec.build()
+    first_split = next(iter(data.values()))
+    check_num_classes(model, first_split, ((first_split.x[:1] - 0.5) / 0.5))
+    evaluators = {p: Evaluator(model, data, mean=spec.mean, std=spec.std, device=device, batch_size=batch_size, bn=p,
+                               bn_data=bn_data, progress=progress) for p in policies}
+    base_ev = evaluators[policies[0]]
+    rows: list[Row] = []
+    ingredient_names, ingredient_states = [], []
+    soups = []
+    for ckpt in checkpoints:
+        ing = open_ingredient(ckpt)
+        if is_soup(ckpt):
+            soups.append((ing.name, ing))
+            continue
+        state = {k: ing.get(k) for k in ing.keys()}
+        logits = base_ev.logits_many(ing.name, state, list(data))
+        ingredient_names.append(ing.name)
+        ingredient_states.append(state)
+        rows.append(Row(ing.name, "ingredient", {s: _metrics(base_ev, ing.name, s) for s in logits}))
+    first_state = ingredient_states[0] if ingredient_states else None
+    if uniform and len(ingredient_states) > 1:
+        soups.insert(0, ("uniform soup", cook("uniform", ingredient_states).state_dict))
+    for name, soup in soups:
+        state = soup if isinstance(soup, dict) else {k: soup.get(k) for k in soup.keys()}
+        for p, ev in evaluators.items():
+            ev.logits_many(f"{name}@{p}", state, list(data), first=first_state)
+            rows.append(Row(name, "soup", {s: _metrics(ev, f"{name}@{p}", s) for s in data}, bn=p if len(policies) > 1 else ""))
+    if len(ingredient_names) > 1:
+        rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
+                        {s: base_ev.ensemble(ingredient_names, s) for s in data}))
+    return TasteReport(list(data), rows)
+
+
+def _metrics(ev: Evaluator, name: str, split: str) -> Metrics:
+    from .evaluate import metrics_from_logits
+
+    return metrics_from_logits(ev.cache[(name, split)], ev.labels(split))
+
+
+def write_report(report: TasteReport, folder: Path) -> None:
+    """JSON and markdown of a taste report (the plots come from report.py)."""
+    import json
+
+    from .writer import write_text_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "taste.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    write_text_atomic(folder / "taste.md", "```\n" + report.format() + "\n```\n")
