@@ -25,6 +25,19 @@ def _selection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", metavar="GLOB", help="leave out keys matching GLOB (repeatable)")
 
 
+def _tasting_options(p: argparse.ArgumentParser, data_help: str) -> None:
+    p.add_argument("--model", metavar="SPEC", help="efficientnet-lite0, timm:NAME, an HF directory or package.module:function")
+    p.add_argument("--num-classes", dest="num_classes", type=int, help="classes of the model's head")
+    p.add_argument("--data", action="append", metavar="SPEC[:split]", help=data_help)
+    p.add_argument("--image-size", dest="image_size", type=int, default=64, help="input resolution (default 64)")
+    p.add_argument("--bn", choices=["average", "recalibrate", "first"] + (["all"] if "taste" in p.prog else []),
+                   help="BatchNorm statistics of soups: averaged (default), recomputed on --bn-data, or the first ingredient's")
+    p.add_argument("--bn-data", dest="bn_data", metavar="SPEC", help="data for --bn recalibrate (default: the data's train split)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--batch-size", dest="eval_batch_size", type=int, default=256, help="evaluation batch size")
+    p.add_argument("--seed", type=int, help="seed for data splits and recipes (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .recipes import RECIPES
 
@@ -57,10 +70,45 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fail if an ingredient holds NaN or Inf")
     cook.add_argument("--max-shard-size", dest="max_shard_size", metavar="SIZE", help="shard size for directory outputs (default 5GB)")
     cook.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    _tasting_options(cook, "greedy/learned: held-out data (default split heldout); season: target data")
+    cook.add_argument("--accept", choices=["ge", "gt"], help="greedy: accept a candidate if not worse (ge, paper) or better (gt, official code)")
+    cook.add_argument("--with-replacement", dest="with_replacement", action="store_true", default=None,
+                      help="greedy: candidates may be added again (non-uniform weights)")
+    cook.add_argument("--per", choices=["model", "layer"], help="learned: one mixing weight per model or per tensor")
+    cook.add_argument("--epochs", type=int, help="learned: epochs over the held-out data (default 5)")
+    cook.add_argument("--learn-batch-size", dest="batch_size", type=int, help="learned: batch size (default 64)")
+    cook.add_argument("--lr", type=float, help="learned: AdamW learning rate (default 0.05)")
+    cook.add_argument("--shots", type=int, help="season: labelled target examples to search on (default 20)")
+    cook.add_argument("--grid", type=int, help="season: simplex grid steps (default 10)")
+    cook.add_argument("--samples", type=int, help="season: random simplex points when the grid is too large (default 200)")
+
+    taste = sub.add_parser("taste", help="evaluate soups beside their ingredients, the best single one and the ensemble")
+    taste.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    _tasting_options(taste, "evaluation data, repeatable (default split test)")
+    taste.add_argument("--no-uniform", dest="uniform", action="store_false", help="do not add the uniform soup of the ingredients")
+    taste.add_argument("--report", metavar="DIR", help="write taste.json and taste.md here")
+    taste.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    train = sub.add_parser("train", help="cook ingredients")
+    train_sub = train.add_subparsers(dest="train_command", required=True, metavar="WHAT")
+    sweep = train_sub.add_parser("sweep", help="fine-tune N ingredients from one stock with random hyper-parameters (resumable)")
+    sweep.add_argument("--model", required=True, metavar="SPEC")
+    sweep.add_argument("--num-classes", dest="num_classes", type=int)
+    sweep.add_argument("--data", required=True, metavar="SPEC", help="training source; its train split trains, heldout scores")
+    sweep.add_argument("--runs", type=int, default=8)
+    sweep.add_argument("--epochs", type=int, default=6)
+    sweep.add_argument("--lp-steps", dest="lp_steps", type=int, default=10, help="linear-probe steps of the shared head (0: none)")
+    sweep.add_argument("--image-size", dest="image_size", type=int, default=64)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--device", default=None)
+    sweep.add_argument("--out", required=True, metavar="DIR")
 
     sub.add_parser("recipes", help="list the recipes")
-    demo = sub.add_parser("demo", help="cook soups of generated checkpoints and show the check report")
+    demo = sub.add_parser("demo", help="a complete soup study on a real ImageNet-pretrained model (≤ 10 min on 2 cores)")
     demo.add_argument("--out", default="ladle-demo", help="folder for the demo's files (default ladle-demo)")
+    demo.add_argument("--runs", type=int, default=8, help="ingredients to fine-tune (default 8)")
+    demo.add_argument("--seed", type=int, default=0, help="sweep seed (default 0)")
+    demo.add_argument("--quick", action="store_true", help="a smaller, faster study (for smoke tests)")
     return parser
 
 
@@ -95,7 +143,10 @@ def run_check(args) -> int:
 
 
 COOK_OPTIONS = ("output", "base", "force", "weights", "normalize", "alpha", "include", "exclude", "accumulate",
-                "dtype", "int_policy", "reject_nonfinite", "max_shard_size")
+                "dtype", "int_policy", "reject_nonfinite", "max_shard_size", "accept", "with_replacement", "per",
+                "epochs", "batch_size", "lr", "shots", "grid", "samples")
+TASTING_FIELDS = ("model", "num_classes", "data", "image_size", "bn", "bn_data", "device", "seed")
+TASTING_RECIPES = ("greedy", "learned", "season")
 
 
 def run_cook(args) -> int:
@@ -121,6 +172,16 @@ def run_cook(args) -> int:
     recipe = fields.pop("recipe")
     ingredients = fields.pop("ingredients")
     out = fields.pop("output")
+    for name in TASTING_FIELDS:  # a recipe file may set them; the command line wins
+        value = fields.pop(name, None)
+        if value is not None and getattr(args, name, None) in (None, 64 if name == "image_size" else None):
+            setattr(args, name, [value] if name == "data" and isinstance(value, str) else value)
+    if recipe in TASTING_RECIPES:
+        fields["evaluator"] = _taster(args, recipe)
+        if recipe != "greedy" and args.seed is not None:
+            fields["seed"] = args.seed
+    elif args.model or args.data:
+        raise LadleError(f"cook: recipe '{recipe}' does not evaluate anything; drop --model/--data")
     try:
         soup = cook(recipe, ingredients, out=out, progress=_show_progress(args), **fields)
     except LadleError as e:
@@ -130,10 +191,86 @@ def run_cook(args) -> int:
     if args.json:
         print(_json({"output": str(soup.path), "sha256": soup.sha256, "manifest": soup.manifest}))
         return 0
+    from .report import format_trace
+
+    trace = format_trace(soup.manifest["trace"])
+    if trace:
+        print(trace)
     print(f"wrote {soup.path}: {soup.manifest['selection']['tensors']} tensors, recipe {recipe}, "
           f"weights {_short(soup.manifest['weights'])}")
     for name, digest in soup.sha256.items():
         print(f"sha256 {digest}  {name}")
+    return 0
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _spec_and_data(args, default_split: str):
+    from .data import load_data, parse_spec
+    from .models import model_spec
+
+    if not args.model:
+        raise LadleError(f"{args.command}: --model is required")
+    if not args.data:
+        raise LadleError(f"{args.command}: --data is required")
+    seed = args.seed or 0
+    data = {}
+    for spec in args.data:
+        source, split = parse_spec(spec)
+        name = f"{source}:{split or default_split}"
+        data[name] = load_data(name, image_size=args.image_size, seed=seed)
+    first_source = parse_spec(args.data[0])[0]
+    bn_data = None
+    if args.bn in ("recalibrate", "all"):
+        bn_data = load_data(args.bn_data or f"{first_source}:train", image_size=args.image_size, seed=seed)
+    spec = model_spec(args.model, args.num_classes or next(iter(data.values())).num_classes)
+    return spec, data, bn_data
+
+
+def _taster(args, recipe: str):
+    from .evaluate import Evaluator, Taster, check_num_classes
+
+    spec, data, bn_data = _spec_and_data(args, "heldout" if recipe != "season" else "test")
+    model = spec.build()
+    first = next(iter(data.values()))
+    check_num_classes(model, first)
+    evaluator = Evaluator(model, data, mean=spec.mean, std=spec.std, device=_device(args.device),
+                          batch_size=args.eval_batch_size, bn=args.bn or "average", bn_data=bn_data,
+                          progress=_show_progress(args))
+    return Taster(evaluator, split=next(iter(data)))
+
+
+def run_taste(args) -> int:
+    from .taste import taste, write_report
+
+    spec, data, bn_data = _spec_and_data(args, "test")
+    report = taste(args.checkpoints, spec, data, bn=args.bn or "average", bn_data=bn_data, uniform=args.uniform,
+                   device=_device(args.device), batch_size=args.eval_batch_size, progress=_show_progress(args))
+    if args.report:
+        write_report(report, Path(args.report))
+    print(_json(report.to_dict()) if args.json else report.format())
+    return 0
+
+
+def run_train(args) -> int:
+    from .data import load_data, parse_spec
+    from .models import model_spec
+    from .train import sweep
+
+    source = parse_spec(args.data)[0]
+    train = load_data(f"{source}:train", image_size=args.image_size, seed=args.seed)
+    heldout = load_data(f"{source}:heldout", image_size=args.image_size, seed=args.seed)
+    spec = model_spec(args.model, args.num_classes or train.num_classes)
+    records = sweep(spec, train, heldout, Path(args.out), runs=args.runs, epochs=args.epochs, seed=args.seed,
+                    lp_steps=args.lp_steps, device=_device(args.device), progress=_show_progress(args) or True)
+    for r in records:
+        hp = r["hyperparameters"]
+        print(f"{r['path']}: held-out {100 * r['heldout_accuracy']:.2f}%  lr {hp['lr']:g} wd {hp['weight_decay']:g} "
+              f"ls {hp['label_smoothing']:g} shift {hp['shift']} seed {hp['seed']}")
     return 0
 
 
@@ -154,7 +291,7 @@ def run_recipes(args) -> int:
 def run_demo(args) -> int:
     from .demo import run_demo as demo
 
-    return demo(Path(args.out))
+    return demo(Path(args.out), runs=args.runs, seed=args.seed, quick=args.quick)
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:
@@ -170,7 +307,8 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
-    handler = {"check": run_check, "cook": run_cook, "recipes": run_recipes, "demo": run_demo}[args.command]
+    handler = {"check": run_check, "cook": run_cook, "recipes": run_recipes, "demo": run_demo, "taste": run_taste,
+               "train": run_train}[args.command]
     try:
         return handler(args)
     except LadleError as e:

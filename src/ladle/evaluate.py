@@ -160,7 +160,8 @@ class Evaluator:
         self.model.eval()
 
     @torch.inference_mode()
-    def _forward(self, split: str) -> torch.Tensor:
+    def run(self, split: str) -> torch.Tensor:
+        """Logits of the model as currently loaded, on a split (uncached)."""
         x = self.inputs(split)
         out = []
         for i in tqdm(range(0, len(x), self.batch_size), desc=f"eval {split}", leave=False, disable=not self.progress):
@@ -176,7 +177,7 @@ class Evaluator:
             if state is None:
                 raise KeyError(f"no cached logits for {name} on {split}")
             self.prepare(state, first, name)
-            self.cache[key] = self._forward(split)
+            self.cache[key] = self.run(split)
         return self.cache[key]
 
     def logits_many(self, name: str, state, splits: Iterable[str], first=None) -> dict[str, torch.Tensor]:
@@ -185,7 +186,7 @@ class Evaluator:
         if todo:
             self.prepare(state, first, name)
             for s in todo:
-                self.cache[(name, s)] = self._forward(s)
+                self.cache[(name, s)] = self.run(s)
         return {s: self.cache[(name, s)] for s in splits}
 
     def score(self, name: str, state, split: str, first=None) -> Metrics:

@@ -34,6 +34,23 @@ FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "weights": ((list,), "a list of numbers"),
     "normalize": ((bool,), "true or false"),
     "alpha": ((int, float), "a number"),
+    "accept": ((str,), "ge or gt"),
+    "with_replacement": ((bool,), "true or false"),
+    "per": ((str,), "model or layer"),
+    "epochs": ((int,), "an integer"),
+    "batch_size": ((int,), "an integer"),
+    "lr": ((int, float), "a number"),
+    "shots": ((int,), "an integer"),
+    "grid": ((int,), "an integer"),
+    "samples": ((int,), "an integer"),
+    "seed": ((int,), "an integer"),
+    "model": ((str,), "a model spec"),
+    "num_classes": ((int,), "an integer"),
+    "data": ((str, list), "a data spec or a list of them"),
+    "image_size": ((int,), "an integer"),
+    "bn": ((str,), "average, recalibrate or first"),
+    "bn_data": ((str,), "a data spec"),
+    "device": ((str,), "a device name"),
 }
 PATH_FIELDS = ("base", "output")
 
@@ -73,7 +90,7 @@ def load_recipe_file(path: str | Path) -> tuple[dict, dict[str, int]]:
     name = data["recipe"]
     if name not in RECIPES:
         raise LadleError(f"{path}:{lines['recipe']}: field 'recipe': unknown recipe '{name}' (known: {', '.join(sorted(RECIPES))})")
-    recipe_params = set(RECIPES[name].parameters)
+    recipe_params = set(RECIPES[name].parameters) | ({"seed"} if name in ("learned", "season") else set())
     all_recipe_params = {p for r in RECIPES.values() for p in r.parameters}
     for field in data:
         if field in all_recipe_params and field not in recipe_params:

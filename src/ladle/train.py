@@ -130,13 +130,12 @@ def finetune(model: nn.Module, data: ImageSet, hp: HyperParams, mean, std, devic
                   shift=hp.shift, seed=hp.seed, device=device, desc=f"fine-tune seed {hp.seed}", progress=progress)
 
 
-@torch.inference_mode()
-def accuracy(model: nn.Module, data: ImageSet, mean, std, device="cpu", batch_size=256) -> float:
-    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    model.eval()
-    logits = torch.cat([model(((data.x[i : i + batch_size] - mean) / std).to(device)).float().cpu()
-                        for i in range(0, len(data), batch_size)])
-    return metrics_from_logits(logits, data.y).accuracy
+def accuracy(model: nn.Module, data: ImageSet, mean, std, device="cpu") -> float:
+    """Accuracy of the model as it stands (no state loaded, no caching)."""
+    from .evaluate import Evaluator
+
+    evaluator = Evaluator(model, {"data": data}, mean=mean, std=std, device=device)
+    return metrics_from_logits(evaluator.run("data"), data.y).accuracy
 
 
 def save_checkpoint(path: Path, model: nn.Module, manifest: dict) -> None:
