@@ -171,3 +171,12 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: ob
                              file=source, key=k)
     model.load_state_dict(dict(state), strict=True)
     return model
+
+
+def tiny_cnn(num_classes: int = 10) -> nn.Module:
+    """A 3-layer conv net with BatchNorm (~6 k parameters): for quick experiments and tests (`ladle.models:tiny_cnn`)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+    )
