@@ -295,10 +295,12 @@ def open_ingredient(source: object, name: str | None = None) -> Ingredient:
     """Open a path (.safetensors, .pt/.pth/.bin, HF directory), a state dict or an nn.Module."""
     if isinstance(source, Ingredient):
         return source
-    if isinstance(source, torch.nn.Module):
-        return _from_readers(name or f"<{type(source).__name__}>", [MemoryState(source.state_dict(), name or "module")], [])
+    if isinstance(source, torch.nn.Module):  # in-memory names carry the object's id: distinct objects, distinct names
+        name = name or f"<{type(source).__name__} {id(source):x}>"
+        return _from_readers(name, [MemoryState(source.state_dict(), name)], [])
     if isinstance(source, Mapping):
-        return _from_readers(name or "<state dict>", [MemoryState(source, name or "state dict")], [])
+        name = name or f"<state dict {id(source):x}>"
+        return _from_readers(name, [MemoryState(source, name)], [])
     path = Path(source)
     if not path.exists():
         raise LadleError("no such file or directory", file=path)

@@ -7,6 +7,7 @@ recipe that asks for a score never rebuilds data and never re-runs an ingredient
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -234,7 +235,10 @@ class Taster:
 
     def bind(self, ingredients, keys: list[str]) -> None:
         self.ingredients, self.keys = list(ingredients), list(keys)
-        self.names = [i.name for i in self.ingredients]
+        names = [i.name for i in self.ingredients]
+        # cache keys must tell apart the same file given twice
+        self.names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+        self._group = hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:12]
         own = set(self.evaluator.model.state_dict())
         missing = sorted(own - set(keys))
         if missing:
@@ -263,7 +267,7 @@ class Taster:
         return self._value(self.ingredient_metrics(i))
 
     def soup_metrics(self, weights, split: str | None = None) -> Metrics:
-        name = "soup[" + ",".join(f"{w:.6g}" for w in weights) + "]"
+        name = f"soup of {self._group}[" + ",".join(f"{w:.6g}" for w in weights) + "]"
         split = split or self.split
         state = None if (name, split) in self.evaluator.cache else self.soup_state(weights)
         first = self.ingredient_state(0) if self.evaluator.bn == "first" and state is not None else None

@@ -43,7 +43,7 @@ def learned(n: int, evaluator, per: str = "model", epochs: int = 5, batch_size: 
             optimizer.step()
             total += loss.item() * len(idx)
         losses.append(total / len(y))
-    weights = alpha.detach().softmax(-1).double()
+    weights = alpha.detach().double().softmax(-1)
     per_model = weights.mean(0).tolist()
     by_key = {}
     if per == "layer":

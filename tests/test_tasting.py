@@ -1,0 +1,200 @@
+"""Evaluation-driven recipes on ingredients built so that the right answer is known."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import ladle
+from ladle.data import load_data
+from ladle.evaluate import Evaluator, Taster, batchnorm_keys, ensemble_logits, metrics_from_logits, update_bn
+from ladle.models import tiny_cnn
+
+SIZE = 8
+
+
+def linear() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 10))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return {s: load_data(f"digits:{s}", image_size=SIZE) for s in ("train", "heldout", "test")}
+
+
+def train_linear(data, seed: int, steps: int = 150) -> dict:
+    torch.manual_seed(seed)
+    model = linear()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    x = (data.x - 0.5) / 0.5
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), data.y).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def ingredients(digits):
+    good = [train_linear(digits["train"], seed) for seed in (0, 1)]
+    harmful = {k: -v * 3 for k, v in good[0].items()}  # confidently wrong: drags any soup down
+    return good, harmful
+
+
+def evaluator(digits, **kw) -> Evaluator:
+    return Evaluator(linear(), {"heldout": digits["heldout"], "test": digits["test"]}, **kw)
+
+
+def test_greedy_rejects_the_harmful_ingredient(digits, ingredients):
+    (good0, good1), harmful = ingredients
+    taster = Taster(evaluator(digits))
+    soup = ladle.cook("greedy", [harmful, good0, good1], evaluator=taster)
+    weights = soup.manifest["weights"]
+    assert weights[0] == 0.0 and weights[1] > 0
+    steps = soup.manifest["trace"]["greedy"]["steps"]
+    assert steps[0]["accepted"] and steps[0]["index"] in (1, 2)  # starts from the best ingredient
+    assert steps[-1]["index"] == 0 and not steps[-1]["accepted"]  # the harmful one ranks last, is rejected
+    scores = soup.manifest["trace"]["greedy"]["ingredient_scores"]
+    assert [s["ingredient_score"] for s in steps] == sorted(scores, reverse=True)
+    # the soup's held-out score in the trace is the score of the returned weights
+    final = taster.soup_metrics(weights).accuracy
+    assert final == soup.manifest["trace"]["greedy"]["final_score"]
+
+
+def test_greedy_tie_rule(digits, ingredients):
+    (good0, _), _ = ingredients
+    same = {k: v.clone() for k, v in good0.items()}
+    ge = ladle.cook("greedy", [good0, same], evaluator=Taster(evaluator(digits)))
+    gt = ladle.cook("greedy", [good0, same], evaluator=Taster(evaluator(digits)), accept="gt")
+    assert ge.manifest["weights"] == [0.5, 0.5]  # paper: not worse → kept
+    assert gt.manifest["weights"] == [1.0, 0.0]  # official code: strictly better → rejected
+    with pytest.raises(ladle.LadleError, match="accept"):
+        ladle.cook("greedy", [good0, same], evaluator=Taster(evaluator(digits)), accept="maybe")
+
+
+def test_greedy_with_replacement_gives_counts_as_weights(digits, ingredients):
+    (good0, good1), harmful = ingredients
+    soup = ladle.cook("greedy", [good0, good1, harmful], evaluator=Taster(evaluator(digits)), with_replacement=True)
+    weights = soup.manifest["weights"]
+    assert math.isclose(sum(weights), 1.0) and weights[2] == 0.0
+    size = soup.manifest["trace"]["greedy"]["steps"][-1]["soup_size"]
+    assert all(abs(w * size - round(w * size)) < 1e-9 for w in weights)  # multiples of 1/size
+
+
+def test_greedy_soup_is_cached_not_recomputed(digits, ingredients):
+    (good0, good1), harmful = ingredients
+    ev = evaluator(digits)
+    ladle.cook("greedy", [good0, good1, harmful], evaluator=Taster(ev))
+    passes = ev.forward_passes
+    ladle.cook("greedy", [good0, good1, harmful], evaluator=Taster(ev))  # same names, same candidates: all cached
+    assert ev.forward_passes == passes
+
+
+def test_learned_soup_recovers_the_known_best_mixture(digits, ingredients):
+    # A = g + D and B = g − D for a large random D: only the midpoint is the good model g.
+    (good0, _), _ = ingredients
+    g = torch.Generator().manual_seed(3)
+    noise = {k: torch.randn(v.shape, generator=g) * v.abs().mean() * 4 for k, v in good0.items()}
+    a = {k: good0[k] + noise[k] for k in good0}
+    b = {k: good0[k] - noise[k] for k in good0}
+    soup = ladle.cook("learned", [a, b], evaluator=Taster(evaluator(digits)), epochs=10, batch_size=50)
+    w = soup.manifest["weights"]
+    assert abs(w[0] - 0.5) < 0.05 and math.isclose(sum(w), 1.0, rel_tol=1e-9)
+    record = soup.manifest["trace"]["learned"]
+    assert record["loss_per_epoch"][-1] < record["loss_per_epoch"][0]
+    # the learned weights are those of the soup that is returned
+    expected = w[0] * a["1.weight"].double() + w[1] * b["1.weight"].double()
+    assert torch.allclose(soup.state_dict["1.weight"].double(), expected, atol=1e-5)
+
+
+def test_learned_per_layer_has_weights_per_tensor(digits, ingredients):
+    (good0, good1), harmful = ingredients
+    soup = ladle.cook("learned", [good0, good1, harmful], evaluator=Taster(evaluator(digits)), per="layer", epochs=2)
+    by_key = soup.manifest["trace"]["learned"]["weights"]
+    assert set(by_key) == {"1.weight", "1.bias"}
+    for w in by_key.values():
+        assert len(w) == 3 and math.isclose(sum(w), 1.0, rel_tol=1e-9)
+
+
+def test_learned_soup_keeps_ingredients_frozen(digits, ingredients):
+    (good0, good1), _ = ingredients
+    before = [{k: v.clone() for k, v in s.items()} for s in (good0, good1)]
+    ladle.cook("learned", [good0, good1], evaluator=Taster(evaluator(digits)), epochs=1)
+    for s, b in zip((good0, good1), before):
+        assert all(torch.equal(s[k], b[k]) and not s[k].requires_grad for k in s)
+
+
+def test_season_picks_the_best_grid_point_on_the_shots(digits, ingredients):
+    (good0, _), harmful = ingredients
+    taster = Taster(evaluator(digits), split="test")
+    soup = ladle.cook("season", [harmful, good0], evaluator=taster, shots=50, grid=4)
+    record = soup.manifest["trace"]["season"]
+    assert record["candidates"] == 5  # (0,1), (.25,.75), … (1,0)
+    assert soup.manifest["weights"][1] >= 0.75
+    assert record["chosen"]["accuracy"] == max(r[0] for r in record["top"])
+    assert len(taster.evaluator.splits[taster.split]) == 50
+
+
+def test_ensemble_equals_a_hand_computation(digits, ingredients):
+    (good0, good1), _ = ingredients
+    ev = evaluator(digits)
+    a = ev.logits("a", good0, "test")
+    b = ev.logits("b", good1, "test")
+    probs = (a.double().softmax(-1) + b.double().softmax(-1)) / 2
+    hand = (probs.argmax(-1) == digits["test"].y).double().mean().item()
+    assert ev.ensemble(["a", "b"], "test").accuracy == hand
+    assert torch.allclose(ensemble_logits([a, b], "logits"), (a.double() + b.double()) / 2)
+
+
+def test_metrics_exact():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 0, 0])
+    m = metrics_from_logits(logits, labels)
+    assert m.accuracy == pytest.approx(2 / 3)
+    assert m.nll == pytest.approx(nn.functional.cross_entropy(logits.double(), labels).item())
+    conf = logits.double().softmax(-1).max(-1).values
+    # 15 equal bins: the three confidences fall in different bins
+    expected = sum(abs(c.item() - ok) for c, ok in zip(conf, [1, 0, 1])) / 3
+    assert m.ece == pytest.approx(expected)
+
+
+def test_bn_recalibration_changes_only_bn_buffers(digits):
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ev = Evaluator(model, {"test": digits["test"]}, bn="recalibrate", bn_data=digits["train"])
+    ev.prepare(state)
+    after = model.state_dict()
+    changed = {k for k in state if not torch.equal(state[k], after[k])}
+    assert changed and changed <= batchnorm_keys(model)
+    assert any(k.endswith("running_mean") for k in changed)
+
+
+def test_update_bn_accepts_dict_and_tuple_batches():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8) * 2 + 1
+    init = tiny_cnn().state_dict()
+    results = []
+    for batches in ([x[:32], x[32:]], [(x[:32], 0), (x[32:], 0)], [{"pixel_values": x[:32]}, {"pixel_values": x[32:]}]):
+        model = tiny_cnn()
+        model.load_state_dict(init)
+        update_bn(batches, model)
+        results.append(model[1].running_mean.clone())
+    assert torch.allclose(results[0], results[1]) and torch.allclose(results[0], results[2])
+    # the cumulative average over both batches equals the statistics of all the data at once
+    model = tiny_cnn()
+    model.load_state_dict(init)
+    update_bn([x], model)
+    assert torch.allclose(results[0], model[1].running_mean, atol=1e-5)
+
+
+def test_bn_first_keeps_the_first_ingredients_statistics(digits):
+    torch.manual_seed(0)
+    a, b = tiny_cnn().state_dict(), tiny_cnn().state_dict()
+    a["1.running_mean"] += 1.0
+    soup = ladle.cook("uniform", [a, b]).state_dict
+    ev = Evaluator(tiny_cnn(), {"test": digits["test"]}, bn="first")
+    ev.prepare(soup, first=a)
+    assert torch.equal(ev.model.state_dict()["1.running_mean"], a["1.running_mean"])
+    assert torch.equal(ev.model.state_dict()["0.weight"], soup["0.weight"])
