@@ -129,7 +129,7 @@ def _json(obj) -> str:
 
 def _show_progress(args) -> bool:
     """Progress bars only for a person at a terminal: piped or logged, stderr stays one line per error."""
-    return not args.json and sys.stderr.isatty()
+    return not getattr(args, "json", False) and sys.stderr.isatty()
 
 
 def run_check(args) -> int:
@@ -266,7 +266,7 @@ def run_train(args) -> int:
     heldout = load_data(f"{source}:heldout", image_size=args.image_size, seed=args.seed)
     spec = model_spec(args.model, args.num_classes or train.num_classes)
     records = sweep(spec, train, heldout, Path(args.out), runs=args.runs, epochs=args.epochs, seed=args.seed,
-                    lp_steps=args.lp_steps, device=_device(args.device), progress=_show_progress(args) or True)
+                    lp_steps=args.lp_steps, device=_device(args.device), progress=_show_progress(args))
     for r in records:
         hp = r["hyperparameters"]
         print(f"{r['path']}: held-out {100 * r['heldout_accuracy']:.2f}%  lr {hp['lr']:g} wd {hp['weight_decay']:g} "

@@ -1,6 +1,6 @@
 """Dataset specs -> decoded image tensors, once.
 
-A spec is `SOURCE[:split]`. SOURCE is `digits` (scikit-learn's real 8×8 digits), an ImageFolder
+A spec is `SOURCE[:split]` (split: train, heldout, test or all). SOURCE is `digits` (scikit-learn's real 8×8 digits), an ImageFolder
 directory, a CIFAR-10/100 python-pickle directory, a Hugging Face `datasets` directory saved with
 `save_to_disk`, or a `.npz` file with `x` and `y`. Splits are `train`, `heldout` and `test`: held-out
 is a seeded, stratified slice of the source's training data that `train` never contains, so
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .errors import LadleError
 
-SPLITS = ("train", "heldout", "test")
+SPLITS = ("train", "heldout", "test", "all")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DIGITS_SPLIT = {"train": 300, "heldout": 300}  # the rest (1,197) is test
 TEST_FRACTION = 0.2  # of a source that ships a single pool of examples
@@ -110,7 +110,7 @@ def stratified_split(y: np.ndarray, sizes: list[int], seed: int) -> list[np.ndar
 
 
 def _pad(groups: list[np.ndarray]) -> list[np.ndarray]:
-    longest = max(len(g) for g in groups)
+    longest = max((len(g) for g in groups), default=0)  # no groups: no examples
     return [np.concatenate([g, -np.ones(longest - len(g), dtype=np.int64)]) for g in groups]
 
 
@@ -120,7 +120,7 @@ def _digits(split: str, image_size: int, seed: int) -> ImageSet:
     digits = load_digits()
     y = digits.target.astype(np.int64)
     train, heldout, test = stratified_split(y, [DIGITS_SPLIT["train"], DIGITS_SPLIT["heldout"]], seed)
-    idx = {"train": train, "heldout": heldout, "test": test}[split]
+    idx = {"train": train, "heldout": heldout, "test": test, "all": np.arange(len(y))}[split]
     x = torch.from_numpy(digits.images[idx].astype(np.float32) / 16.0)[:, None].expand(-1, 3, -1, -1)
     return ImageSet(resize(x.contiguous(), image_size), torch.from_numpy(y[idx]), [str(i) for i in range(10)],
                     {"kind": "digits", "indices_sha256": _hash_indices(idx)})
@@ -132,6 +132,12 @@ def _hash_indices(idx: np.ndarray) -> str:
 
 def _choose_split(splits: dict[str, ImageSet], split: str, seed: int, fraction: float, path: Path) -> ImageSet:
     """Natural test split if there is one; held-out carved from train; a single-split source is cut in three."""
+    if split == "all":  # every example, e.g. a folder that is itself a test set
+        if "all" in splits:
+            return splits["all"]
+        parts = list(splits.values())
+        return ImageSet(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), parts[0].classes,
+                        dict(parts[0].source, subset="all"))
     if "all" in splits:  # one pool: test and held-out are both seeded, stratified slices of it
         full = splits["all"]
         n = len(full)
@@ -214,7 +220,7 @@ def _pil_to_array(image, image_size: int) -> np.ndarray:
 def _image_folder(path: Path, image_size: int) -> ImageSet:
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     arrays, labels = [], []
     for label, name in enumerate(classes):
         for f in sorted((path / name).iterdir()):
@@ -223,7 +229,7 @@ def _image_folder(path: Path, image_size: int) -> ImageSet:
             try:
                 with Image.open(f) as im:
                     arrays.append(_pil_to_array(im, image_size))
-            except (UnidentifiedImageError, OSError) as e:
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL raises all of these
                 raise LadleError(f"cannot decode image: {e}", file=f) from None
             labels.append(label)
     if not arrays:
@@ -235,7 +241,8 @@ class _ArraysOnly(pickle.Unpickler):
     """CIFAR's python format is a pickle: allow the numpy array reconstruction it needs, nothing else."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer")}  # pickle protocol 5
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -256,7 +263,7 @@ def _cifar_batch(path: Path, label_key: bytes, image_size: int) -> tuple[torch.T
     try:
         images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = torch.tensor(list(batch[label_key]), dtype=torch.long)
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise LadleError(f"CIFAR batch without the expected fields ({e})", file=path) from None
     return _to_tensor(images, image_size), labels
 
@@ -301,10 +308,16 @@ def _hf_datasets(path: Path, image_size: int) -> dict[str, ImageSet]:
         label_col = label_col or next((c for c in ("label", "labels", "fine_label") if c in ds.features), None)
         if image_col is None or label_col is None:
             raise LadleError(f"split '{name}' needs an Image column and a label column (has: {', '.join(ds.features)})", file=path)
-        feature = ds.features[label_col]
-        classes = list(feature.names) if isinstance(feature, datasets.ClassLabel) else sorted({str(v) for v in ds[label_col]})
+        feature, labels = ds.features[label_col], list(ds[label_col])
+        if isinstance(feature, datasets.ClassLabel):
+            classes = list(feature.names)
+        elif all(isinstance(v, (int, np.integer)) for v in labels):  # class indices, as in .npz files
+            classes = [str(i) for i in range(max(labels, default=-1) + 1)]
+        else:  # class names: one index per distinct name over every split, so splits agree
+            classes = sorted({str(v) for p in parts.values() if label_col in p.features for v in p[label_col]})
+            labels = [classes.index(str(v)) for v in labels]
         images = np.stack([_pil_to_array(im, image_size) for im in ds[image_col]])
-        out[split] = ImageSet(_to_tensor(images, image_size), torch.tensor(ds[label_col], dtype=torch.long), classes,
+        out[split] = ImageSet(_to_tensor(images, image_size), torch.tensor(labels, dtype=torch.long), classes,
                               {"kind": "hf-datasets", "path": str(path)})
     return out
 

@@ -149,7 +149,13 @@ def _factory(spec: str, num_classes: int | None) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise LadleError(f"model: cannot import '{spec}': {e}") from None
-    model = factory(num_classes=num_classes) if num_classes is not None else factory()
+    if not callable(factory):
+        raise LadleError(f"model: '{spec}' is a {type(factory).__name__}, not a function returning a model")
+    try:
+        model = factory(num_classes=num_classes) if num_classes is not None else factory()
+    except TypeError as e:  # e.g. a factory that takes no num_classes
+        raise LadleError(f"model: cannot call '{spec}'" + (f" with num_classes={num_classes}" if num_classes is not None else "")
+                         + f": {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not isinstance(model, nn.Module):
         raise LadleError(f"model: '{spec}' returned {type(model).__name__}, not an nn.Module")
     return model

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .checkpoints import TensorInfo, open_ingredient
 from .data import ImageSet
 from .errors import LadleError
-from .evaluate import metrics_from_logits
+from .evaluate import check_num_classes, metrics_from_logits
 from .writer import SoupWriter
 
 LEARNING_RATES = (1e-4, 2e-4, 3e-4)
@@ -162,10 +162,13 @@ def read_record(path: Path) -> dict | None:
 def sweep(model_spec, train: ImageSet, heldout: ImageSet, out: Path, *, runs: int = 8, epochs: int = 6, seed: int = 0,
           lp_steps: int = 10, lp_lr: float = 1e-2, batch_size: int = 32, device="cpu", progress=True) -> list[dict]:
     """Fine-tune `runs` ingredients from one stock into `out/`; finished runs are kept, not retrained."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # a stock without pretrained weights is initialised from the seed: reproducible sweeps
+        model = model_spec.build().to(device)
+    check_num_classes(model, train)  # one line now, not an IndexError mid-training
     out.mkdir(parents=True, exist_ok=True)
     stock_path = out / "stock.safetensors"
     stock = read_record(stock_path)
-    model = model_spec.build().to(device)
     if stock is None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # one shared head, initialised once

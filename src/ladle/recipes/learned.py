@@ -48,7 +48,7 @@ def learned(n: int, evaluator, per: str = "model", epochs: int = 5, batch_size: 
     by_key = {}
     if per == "layer":
         by_key = {k: weights[j].tolist() for j, k in enumerate(param_keys)}
-        for k in buffers:  # a module's buffers follow its weight's mixture
+        for k in (k for k, v in buffers.items() if v.is_floating_point()):  # a module's buffers follow its weight's mixture
             module = k.rsplit(".", 1)[0]
             owner = next((p for p in param_keys if p.rsplit(".", 1)[0] == module), None)
             if owner is not None:
