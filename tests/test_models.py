@@ -186,6 +186,17 @@ def test_hf_directory_builds_offline(tmp_path):
         build_model(str(tmp_path), 5)
 
 
+def test_hf_directory_with_weights_loads_them(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=16, num_labels=3)
+    saved = transformers.ViTForImageClassification(config)
+    saved.save_pretrained(tmp_path)
+    model = build_model(str(tmp_path), 3)
+    for k, v in saved.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
 # --------------------------------------------------------------------------------------- load_weights
 
 

@@ -127,7 +127,11 @@ def _hf_directory(path: Path, num_classes: int | None) -> nn.Module:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         if num_classes is not None and config.num_labels != num_classes:
             raise LadleError(f"model: the directory's config has {config.num_labels} labels, --num-classes is {num_classes}", file=path)
-        model = AutoModelForImageClassification.from_config(config)
+        has_weights = any((path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
+                                                         "pytorch_model.bin", "pytorch_model.bin.index.json"))
+        # the directory's own weights when it has them (a stock to fine-tune), else the architecture only
+        model = (AutoModelForImageClassification.from_pretrained(path, local_files_only=True, use_safetensors=None)
+                 if has_weights else AutoModelForImageClassification.from_config(config))
     except (OSError, ValueError) as e:
         raise LadleError(f"model: cannot build AutoModelForImageClassification: {str(e).splitlines()[0]}", file=path) from None
     return Logits(model)
