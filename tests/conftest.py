@@ -177,3 +177,9 @@ def as_state(values: dict, dtype=torch.float32) -> dict[str, torch.Tensor]:
 def pair(ckpt) -> tuple[Path, Path]:
     """a.safetensors and b.safetensors: compatible, float32, values A and B."""
     return ckpt.st("a", as_state(A)), ckpt.st("b", as_state(B))
+
+
+@pytest.fixture(autouse=True)
+def _private_hash_cache(tmp_path_factory, monkeypatch):
+    """Keep the sha256 cache of test runs out of the user's home."""
+    monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ladle-cache"))

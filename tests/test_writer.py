@@ -430,3 +430,20 @@ def test_overwriting_an_ingredient_in_place(ckpt):
     assert torch.equal(ladle.load_soup(d)["w"], tensor([2.75, 3.75]))
     assert sorted(p.name for p in d.iterdir()) == ["ladle.json", "model.safetensors"]
     assert temporaries(ckpt.folder) == []
+
+
+def test_hash_cache_is_used_and_invalidated(tmp_path, monkeypatch):
+    from ladle import hashing
+
+    monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"a" * 1000)
+    first = hashing.sha256_file(f)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert str(f.resolve()) in json.loads((tmp_path / "cache" / "sha256.json").read_text())
+    f.write_bytes(b"b" * 1000)  # same size, new content and mtime: must be rehashed
+    assert hashing.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+    (tmp_path / "cache" / "sha256.json").write_text("{damaged")
+    assert hashing.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+    monkeypatch.setenv("LADLE_HASH_CACHE", "0")
+    assert hashing.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()

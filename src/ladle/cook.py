@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import os
 import inspect
 import platform
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +16,7 @@ from tqdm import tqdm
 from .check import find_mismatches, select_keys
 from .checkpoints import DTYPE_NAMES, SAFETENSORS_DTYPES, Ingredient, TensorInfo, is_float, open_ingredient
 from .errors import LadleError
+from .hashing import sha256_file
 from .recipes import BASE_NONE, BASE_REQUIRED, RECIPES
 from .writer import SoupWriter, check_destination
 
@@ -43,17 +44,6 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     if key not in SAFETENSORS_DTYPES or not SAFETENSORS_DTYPES[key].is_floating_point:
         raise LadleError(f"dtype: '{name}' is not a floating-point dtype (float32, float16, bfloat16, float64)")
     return SAFETENSORS_DTYPES[key]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
-    """Hash with a reused buffer (no memory-mapping, so it does not inflate resident memory)."""
-    digest = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def _versions() -> dict:
@@ -130,7 +120,7 @@ def cook(
     state: dict[str, torch.Tensor] = {}
     int_disagreements: list[str] = []
     files = [f for ing in everyone for f in ing.files]
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         hashes = {f: pool.submit(sha256_file, f) for f in files}  # overlaps with mixing
         try:
             stream = mix_stream(plan, ings, keys, base_ing, out_dtypes={k: i.dtype for k, i in out_infos.items()},
@@ -191,6 +181,7 @@ def _reader(ings: list[Ingredient], key: str, reject_nonfinite: bool):
             t = ings[i].get(key)
             _check_finite(t, ings[i], key, reject_nonfinite)
             yield t
+            ings[i].release(key)  # consumed: drop its pages, so one ingredient's tensor is resident, not N
 
     return tensors
 

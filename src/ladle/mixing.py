@@ -22,18 +22,38 @@ def weighted_sum(
 ) -> torch.Tensor:
     """Σ wᵢ·xᵢ in the accumulator dtype, reading one xᵢ at a time. Zero weights still consume their tensor."""
     acc = None
-    count = 0
+    scratch = None
     for x, w in zip(tensors, weights, strict=True):
-        count += 1
         if acc is None:
             acc = x.to(dtype=accumulator_dtype(x.dtype, accumulate), copy=True)
             if w != 1.0:
                 acc.mul_(w)
-        else:
+        elif x.dtype == acc.dtype:
             acc.add_(x, alpha=w)
+        else:
+            if scratch is None:
+                scratch = torch.empty(min(CONVERT_CHUNK, acc.numel()), dtype=acc.dtype, device=acc.device)
+            add_converted_(acc, x, w, scratch)
     if acc is None:
         raise ValueError("weighted_sum needs at least one tensor")
     return acc
+
+
+CONVERT_CHUNK = 1 << 20  # elements: a 4 MiB float32 buffer, reused
+
+
+def add_converted_(acc: torch.Tensor, x: torch.Tensor, w: float, scratch: torch.Tensor) -> None:
+    """acc += w·x for x of another dtype (bf16/fp16 into float32), converting through a small buffer.
+
+    `acc.add_(x)` across dtypes allocates a full-size converted copy of x on every call; page-faulting
+    that fresh memory costs more than the arithmetic (measured: bf16 soups ~3x slower).
+    """
+    a, b = acc.view(-1), x.reshape(-1)
+    step = scratch.numel()
+    for i in range(0, a.numel(), step):
+        s = scratch[: min(step, a.numel() - i)]
+        s.copy_(b[i : i + s.numel()])
+        a[i : i + s.numel()].add_(s, alpha=w)
 
 
 def normalize_weights(weights: Sequence[float]) -> list[float]:
