@@ -59,8 +59,27 @@ def learned(n: int, evaluator, per: str = "model", epochs: int = 5, batch_size: 
     return KeyedPlan(per_model, by_key=by_key, record=record)
 
 
+class _FrozenMix(torch.autograd.Function):
+    """Σ wᵢ·θᵢ with gradients for w only: ∂L/∂wᵢ = ⟨∂L/∂out, θᵢ⟩.
+
+    Autograd's own graph of products would keep model-sized temporaries per ingredient; this keeps
+    references to the frozen θᵢ and allocates one output, so memory stays near (N + 2) × one model.
+    """
+
+    @staticmethod
+    def forward(ctx, w, *tensors):
+        ctx.tensors = tensors  # frozen ingredients: references, never copies
+        out = tensors[0].to(torch.promote_types(tensors[0].dtype, w.dtype), copy=True).mul_(float(w[0]))
+        for t, wi in zip(tensors[1:], w[1:].tolist()):
+            out.add_(t, alpha=wi)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.reshape(-1)
+        grad_w = torch.stack([torch.dot(g, t.reshape(-1).to(g.dtype)) for t in ctx.tensors])
+        return (grad_w, *([None] * len(ctx.tensors)))
+
+
 def _mix(tensors, w):
-    out = tensors[0] * w[0]
-    for t, wi in zip(tensors[1:], w[1:]):
-        out = out + t * wi
-    return out
+    return _FrozenMix.apply(w, *tensors)
