@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -66,18 +67,27 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """Write (not atomically: callers write to a temporary path) and fsync; return the sha256."""
+    """Write (not atomically: callers write to a temporary path) and fsync; return the sha256.
+
+    The bytes are hashed by a second thread while this one writes them (both release the GIL).
+    """
     head, ordered = safetensors_bytes(tensors, metadata)
-    digest = hashlib.sha256(head)
-    with open(path, "wb") as f:
-        f.write(head)
-        for t in ordered:
-            if t.numel():
-                data = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-                digest.update(data)
+    arrays = [t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy() for t in ordered if t.numel()]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(_sha256_of, [head, *arrays])
+        with open(path, "wb") as f:
+            f.write(head)
+            for data in arrays:
                 f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
+        return digest.result()
+
+
+def _sha256_of(chunks) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
     return digest.hexdigest()
 
 
