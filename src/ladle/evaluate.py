@@ -245,6 +245,10 @@ class Taster:
             raise LadleError("does not fit the model: it needs this tensor (check --include/--exclude)",
                              file=self.names[0], key=missing[0])
 
+    def data_record(self) -> dict:
+        """Where the scores come from, for the manifest: every split's source, indices and fingerprint."""
+        return {name: data.source for name, data in self.evaluator.splits.items()} | {"bn": self.evaluator.bn}
+
     def ingredient_state(self, i: int) -> dict[str, torch.Tensor]:
         ing = self.ingredients[i]
         return {k: ing.get(k) for k in self.keys}

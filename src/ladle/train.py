@@ -176,8 +176,9 @@ def sweep(model_spec, train: ImageSet, heldout: ImageSet, out: Path, *, runs: in
             for m in classifier.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-        linear_probe(model, train, model_spec.mean, model_spec.std, steps=lp_steps, lr=lp_lr, seed=seed, device=device,
-                     progress=progress)
+        if lp_steps > 0:  # LP-FT; 0: fine-tune straight from the fresh head
+            linear_probe(model, train, model_spec.mean, model_spec.std, steps=lp_steps, lr=lp_lr, seed=seed,
+                         device=device, progress=progress)
         stock = {"role": "stock", "model": model_spec.spec, "linear_probe": {"steps": lp_steps, "lr": lp_lr, "seed": seed},
                  "heldout_accuracy": accuracy(model, heldout, model_spec.mean, model_spec.std, device),
                  "data": {"train": train.source, "heldout": heldout.source}}

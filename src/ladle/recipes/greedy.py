@@ -42,7 +42,7 @@ def greedy(n: int, evaluator, accept: str = "ge", with_replacement: bool = False
             break
     return Plan(_weights(counts), record={"greedy": {
         "accept": accept, "with_replacement": with_replacement, "metric": evaluator.metric, "split": evaluator.split,
-        "ingredient_scores": scores, "steps": trace, "final_score": best}})
+        "ingredient_scores": scores, "data": evaluator.data_record(), "steps": trace, "final_score": best}})
 
 
 def _weights(counts: list[int]) -> list[float]:

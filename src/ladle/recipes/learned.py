@@ -54,7 +54,7 @@ def learned(n: int, evaluator, per: str = "model", epochs: int = 5, batch_size: 
             if owner is not None:
                 by_key[k] = by_key[owner]
     record = {"learned": {"per": per, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                          "split": evaluator.split, "temperature": beta.item(), "loss_per_epoch": losses,
+                          "split": evaluator.split, "data": evaluator.data_record(), "temperature": beta.item(), "loss_per_epoch": losses,
                           "weights": per_model if per == "model" else by_key}}
     return KeyedPlan(per_model, by_key=by_key, record=record)
 

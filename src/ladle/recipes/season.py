@@ -37,6 +37,6 @@ def season(n: int, evaluator, shots: int = 20, grid: int = 10, samples: int = 20
         results.append((m.accuracy, -m.nll, w))
     best = max(results, key=lambda r: (r[0], r[1]))
     return Plan(best[2], record={"season": {
-        "shots": shots, "search": how, "split": evaluator.split, "candidates": len(candidates),
+        "shots": shots, "search": how, "split": evaluator.split, "data": evaluator.data_record(), "candidates": len(candidates),
         "chosen": {"weights": best[2], "accuracy": best[0], "nll": -best[1]},
         "top": sorted(([a, -nl, w] for a, nl, w in results), key=lambda r: (-r[0], r[1]))[:10]}})
