@@ -1,9 +1,10 @@
 """Greedy soup: ladle's cached evaluation vs the reference algorithm, on the same ingredients and data.
 
-The reference follows the model-soups code: for each evaluation it builds the data pipeline again
-(decode every held-out image from disk, resize, normalise, batch), builds the model again, averages
-the state dicts of the candidate soup from disk, and evaluates from scratch; ingredients are ranked
-by evaluating each of them that way. ladle decodes the data once, keeps one model, caches every
+The reference follows Recipe 1 as written (paper, Algorithm 1): for each candidate it compares
+ValAcc(soup ∪ {candidate}) with ValAcc(soup), each evaluation building the data pipeline again (decode
+every held-out image from disk — photo-sized JPEGs, 384 px, as a real held-out set would be — resize,
+normalise, batch), building the model again and averaging the soup's state dicts from disk;
+ingredients are ranked by evaluating each of them that way. ladle decodes the data once, keeps one model, caches every
 ingredient's logits and mixes candidates tensor by tensor.
 
 Both run the whole study a user wants: rank, greedy pass, and a final table of every ingredient and
@@ -32,13 +33,13 @@ from ladle.train import sweep
 SIZE = 64
 
 
-def write_image_folder(data, folder: Path, upscale: int = 128) -> None:
-    """Held-out / test images as PNG files, as a real pipeline would find them on disk."""
+def write_image_folder(data, folder: Path, upscale: int = 384) -> None:
+    """Held-out / test images as photo-sized JPEG files, as a real pipeline would find them on disk."""
     for i, (x, y) in enumerate(zip(data.x, data.y)):
         d = folder / str(int(y))
         d.mkdir(parents=True, exist_ok=True)
         arr = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(arr).resize((upscale, upscale), Image.BILINEAR).save(d / f"{i:05d}.png")
+        Image.fromarray(arr).resize((upscale, upscale), Image.BILINEAR).save(d / f"{i:05d}.jpg", quality=90)
 
 
 def reference_accuracy(spec, state: dict, folder: Path) -> float:
@@ -65,7 +66,8 @@ def reference_study(spec, paths, heldout_dir: Path, test_dir: Path) -> dict:
     soup, best = [ranked[0]], scores[ranked[0]]
     for p in ranked[1:]:
         acc = reference_accuracy(spec, reference_average(soup + [p]), heldout_dir)
-        if acc >= best:
+        current = reference_accuracy(spec, reference_average(soup), heldout_dir)  # Recipe 1 compares both
+        if acc >= current:
             soup, best = soup + [p], acc
     table = {p: (scores[p], reference_accuracy(spec, ladle.load_soup(p), test_dir)) for p in paths}
     final = reference_average(soup)
@@ -97,7 +99,7 @@ def main() -> None:
     test = test.subset(range(300), "test-300")  # keep the benchmark short; both sides use the same images
     records = sweep(spec, train, heldout, work / "ingredients", runs=args.runs, epochs=2, progress=False)
     paths = [r["path"] for r in records]
-    heldout_dir, test_dir = work / "heldout-png", work / "test-png"
+    heldout_dir, test_dir = work / "heldout-jpg", work / "test-jpg"
     if not heldout_dir.exists():
         write_image_folder(heldout, heldout_dir)
         write_image_folder(test, test_dir)
@@ -113,7 +115,7 @@ def main() -> None:
     t_ref = time.perf_counter() - t0
 
     same = ours["soup"] == ref["soup"]
-    print(f"greedy soup of {len(paths)} EfficientNet-Lite0 ingredients, {len(heldout_png)} held-out + {len(test_png)} test images (PNG)")
+    print(f"greedy soup of {len(paths)} EfficientNet-Lite0 ingredients, {len(heldout_png)} held-out + {len(test_png)} test images (384 px JPEG)")
     print(f"{'':<28}{'wall s':>10}")
     print(f"{'reference (rebuild each)':<28}{t_ref:>10.1f}")
     print(f"{'ladle (cached)':<28}{t_ladle:>10.1f}")
