@@ -18,8 +18,9 @@ Why it is built this way:
   cache under --workdir), as when souping files seen before; 'cold' (LADLE_HASH_CACHE=0) hashes every
   input byte, as for a first soup of new files. sha256 runs at ~1.5-1.8 GB/s per core, below the
   page-cache read rate, so 'cold' cannot reach the I/O bound on a few cores.
-- Before each run it waits (up to --max-wait) for the machine to be quiet, and each run records the CPU
-  time other processes took meanwhile; a disturbed run is repeated (--retries), then flagged.
+- Before each run it waits (up to --max-wait, --wait-budget in all) for the machine to be quiet, and
+  each run records the CPU time other processes took meanwhile; a disturbed run is repeated
+  (--retries), then flagged.
 - Modes are interleaved (ladle, cold, io, naive, ladle, ...) and the median of `--repeats` runs is kept.
 - Ingredients are generated once with a fixed seed and reused while their recorded spec and size match.
 """
@@ -325,7 +326,8 @@ def summarise(runs: list[dict]) -> dict:
 
 def sweep(args) -> list[dict]:
     rows = []
-    scratch = args.workdir / "soups"
+    budget = args.wait_budget  # seconds of waiting for quiet (and retrying) left for the whole sweep
+    scratch = args.workdir / f"soups-{os.getpid()}"  # private: two sweeps sharing a workdir must not collide
     scratch.mkdir(parents=True, exist_ok=True)
     for size in args.sizes_mb:
         for dtype in args.dtypes:
@@ -336,8 +338,10 @@ def sweep(args) -> list[dict]:
                 for r in range(args.repeats):
                     for mode in MODES:
                         for _ in range(1 + args.retries):  # a run another process disturbed is run again
-                            res = measure(mode, paths[:n], scratch / f"{mode}.safetensors", args.max_wait)
-                            if not noisy_run(res):
+                            res = measure(mode, paths[:n], scratch / f"{mode}.safetensors",
+                                          min(args.max_wait, budget))
+                            budget = max(0.0, budget - res["waited_s"])
+                            if not noisy_run(res) or budget <= 0:
                                 break
                             log(f"  {mode} N={n}: other processes took {res['other_cpu_s']:.1f} CPU-s; running it again")
                         runs[mode].append(res)
@@ -442,9 +446,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-wait", type=float, default=120.0,
+    p.add_argument("--max-wait", type=float, default=30.0,
                    help="seconds to wait, before each run, for other processes to leave the CPU idle")
-    p.add_argument("--retries", type=int, default=3, help="times to re-run a run that other processes disturbed")
+    p.add_argument("--retries", type=int, default=2, help="times to re-run a run that other processes disturbed")
+    p.add_argument("--wait-budget", type=float, default=300.0,
+                   help="total seconds the sweep may spend waiting for quiet; then it measures (and flags) regardless")
     p.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)  # child: one measurement
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--inputs", nargs="+", help=argparse.SUPPRESS)
