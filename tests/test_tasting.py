@@ -198,3 +198,16 @@ def test_bn_first_keeps_the_first_ingredients_statistics(digits):
     ev.prepare(soup, first=a)
     assert torch.equal(ev.model.state_dict()["1.running_mean"], a["1.running_mean"])
     assert torch.equal(ev.model.state_dict()["0.weight"], soup["0.weight"])
+
+
+def test_a_sweep_with_another_seed_does_not_reuse_the_old_runs(tmp_path, digits):
+    from ladle.models import model_spec
+    from ladle.train import sweep
+
+    spec = model_spec("ladle.models:tiny_cnn", 10)
+    first = sweep(spec, digits["train"], digits["heldout"], tmp_path, runs=1, epochs=1, lp_steps=1, seed=0, progress=False)
+    again = sweep(spec, digits["train"], digits["heldout"], tmp_path, runs=1, epochs=1, lp_steps=1, seed=0, progress=False)
+    assert again[0] == first[0]  # same sweep: kept, not retrained
+    other = sweep(spec, digits["train"], digits["heldout"], tmp_path, runs=1, epochs=1, lp_steps=1, seed=1, progress=False)
+    assert other[0]["hyperparameters"]["seed"] == 1000 and first[0]["hyperparameters"]["seed"] == 0
+    assert other[0]["stock_sha256"] != first[0]["stock_sha256"]

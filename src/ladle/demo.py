@@ -35,7 +35,7 @@ def run_demo(folder: Path, runs: int = 8, seed: int = 0, quick: bool = False) ->
     train, heldout, test = (load_data(f"digits:{s}", image_size=IMAGE_SIZE, seed=seed) for s in ("train", "heldout", "test"))
     print(f"ladle demo: {BUILTIN_STOCK} (ImageNet-pretrained) on real digits at {IMAGE_SIZE}px — "
           f"{len(train)} train / {len(heldout)} held-out / {len(test)} test; {runs} ingredients, {epochs} epochs each")
-    records = sweep(spec, train, heldout, folder / "ingredients", runs=runs, epochs=epochs, seed=seed, device=device)
+    records = sweep(spec, train, heldout, folder / f"ingredients-seed{seed}", runs=runs, epochs=epochs, seed=seed, device=device)
     paths = [r["path"] for r in records]
     data = {"heldout": heldout, "test": test}
     splits = list(data)

@@ -22,6 +22,7 @@ from .checkpoints import TensorInfo, open_ingredient
 from .data import ImageSet
 from .errors import LadleError
 from .evaluate import check_num_classes, metrics_from_logits
+from .hashing import sha256_file
 from .writer import SoupWriter
 
 LEARNING_RATES = (1e-4, 2e-4, 3e-4)
@@ -169,6 +170,9 @@ def sweep(model_spec, train: ImageSet, heldout: ImageSet, out: Path, *, runs: in
     out.mkdir(parents=True, exist_ok=True)
     stock_path = out / "stock.safetensors"
     stock = read_record(stock_path)
+    wanted_lp = {"steps": lp_steps, "lr": lp_lr, "seed": seed}
+    if stock is not None and (stock.get("model") != model_spec.spec or stock.get("linear_probe") != wanted_lp):
+        stock = None  # made by another sweep (seed, model or probe differ): start again
     if stock is None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # one shared head, initialised once
@@ -179,20 +183,24 @@ def sweep(model_spec, train: ImageSet, heldout: ImageSet, out: Path, *, runs: in
         if lp_steps > 0:  # LP-FT; 0: fine-tune straight from the fresh head
             linear_probe(model, train, model_spec.mean, model_spec.std, steps=lp_steps, lr=lp_lr, seed=seed,
                          device=device, progress=progress)
-        stock = {"role": "stock", "model": model_spec.spec, "linear_probe": {"steps": lp_steps, "lr": lp_lr, "seed": seed},
+        stock = {"role": "stock", "model": model_spec.spec, "linear_probe": wanted_lp,
                  "heldout_accuracy": accuracy(model, heldout, model_spec.mean, model_spec.std, device),
                  "data": {"train": train.source, "heldout": heldout.source}}
         save_checkpoint(stock_path, model, stock)
     stock_state = open_ingredient(stock_path).state_dict()
+    stock_sha = sha256_file(stock_path)
     records = []
     for run in tqdm(range(runs), desc="sweep", disable=not progress):
         path = out / f"ingredient-{run:02d}.safetensors"
         record = read_record(path)
+        hp = sample_hyperparams(seed, run, epochs, batch_size)
+        if record is not None and (record.get("hyperparameters") != asdict(hp) or record.get("stock_sha256") != stock_sha):
+            record = None  # another sweep's run, or trained from another stock: retrain
         if record is None:
-            hp = sample_hyperparams(seed, run, epochs, batch_size)
             model.load_state_dict(stock_state)
             losses = finetune(model, train, hp, model_spec.mean, model_spec.std, device, progress)
             record = {"role": "ingredient", "model": model_spec.spec, "run": run, "hyperparameters": asdict(hp),
+                      "stock_sha256": stock_sha,
                       "final_train_loss": losses[-1],
                       "heldout_accuracy": accuracy(model, heldout, model_spec.mean, model_spec.std, device),
                       "data": {"train": train.source, "heldout": heldout.source}}
