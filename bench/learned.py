@@ -55,17 +55,12 @@ def run(mode: str, n: int, steps: int, batch: int) -> dict:
         model.train()
         for p in model.parameters():
             p.requires_grad_(True)
-        before, times = None, []
-        for step in range(steps + 1):
-            t0 = time.perf_counter()
+
+        def plain_step():
             F.cross_entropy(model(x), y).backward()
             model.zero_grad(set_to_none=False)
-            if step == 0:
-                before = rss_mib()
-            else:
-                times.append(time.perf_counter() - t0)
-        return {"mode": mode, "n": n, "model_mib": model_mib, "peak_rss_mib": rss_mib(), "rss_after_warmup_mib": before,
-                "step_s": sorted(times)[len(times) // 2]}
+
+        return {"mode": mode, "n": n, "model_mib": model_mib, **timed(plain_step, steps)}
     if mode == "baseline":  # every ingredient tensor is a leaf that wants a gradient
         for s in states:
             for k in param_keys:
@@ -73,11 +68,8 @@ def run(mode: str, n: int, steps: int, batch: int) -> dict:
     alpha = torch.zeros(len(param_keys), n, requires_grad=True)
     beta = torch.ones((), requires_grad=True)
     optimizer = torch.optim.AdamW([alpha, beta], lr=0.05, weight_decay=0.0)
-    # warm-up step, then measure: the idle footprint includes torch, the model and the N ingredients
-    before = None
-    times = []
-    for step in range(steps + 1):
-        t0 = time.perf_counter()
+
+    def learn_step():
         w = alpha.softmax(-1)
         if mode == "ladle":  # what `ladle cook learned` runs
             params = {k: _mix([s[k] for s in states], w[j]) for j, k in enumerate(param_keys)}
@@ -95,12 +87,20 @@ def run(mode: str, n: int, steps: int, batch: int) -> dict:
                 s[k].grad = None
         loss.backward()
         optimizer.step()
-        if step == 0:
-            before = rss_mib()
-        else:
-            times.append(time.perf_counter() - t0)
-    return {"mode": mode, "n": n, "model_mib": model_mib, "peak_rss_mib": rss_mib(), "rss_after_warmup_mib": before,
-            "step_s": sorted(times)[len(times) // 2]}
+
+    return {"mode": mode, "n": n, "model_mib": model_mib, **timed(learn_step, steps)}
+
+
+def timed(step, steps: int) -> dict:
+    """One warm-up step, then `steps` timed ones: median seconds per step and peak memory."""
+    step()
+    after_warmup = rss_mib()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"peak_rss_mib": rss_mib(), "rss_after_warmup_mib": after_warmup, "step_s": sorted(times)[len(times) // 2]}
 
 
 def main() -> None:

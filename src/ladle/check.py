@@ -95,8 +95,10 @@ def _describe(ing: Ingredient, keys: list[str]) -> dict:
     }
 
 
-def _bytes_of(t: torch.Tensor):
-    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+def _hash_tensor(h, key: str, t: torch.Tensor) -> None:
+    """Feed a tensor's name, dtype, shape and bytes to a content hash."""
+    h.update(f"{key}|{DTYPE_NAMES[t.dtype]}|{list(t.shape)}|".encode())
+    h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def check(
@@ -124,8 +126,7 @@ def check(
         info = ingredients[0].info(key)
         tensors = [ing.get(key) for ing in ingredients]
         for h, t in zip(hashers, tensors):
-            h.update(f"{key}|{DTYPE_NAMES[info.dtype]}|{list(info.shape)}|".encode())
-            h.update(_bytes_of(t))
+            _hash_tensor(h, key, t)
         if not is_float(info.dtype):
             differs = any(not torch.equal(tensors[0], t) for t in tensors[1:])
             report.integer_buffers.append({"key": key, "dtype": DTYPE_NAMES[info.dtype], "agree": not differs})
@@ -153,9 +154,7 @@ def check(
             if key not in have:
                 h.update(f"{key}|absent|".encode())
                 continue
-            info = ing.info(key)
-            h.update(f"{key}|{DTYPE_NAMES[info.dtype]}|{list(info.shape)}|".encode())
-            h.update(_bytes_of(ing.get(key)))
+            _hash_tensor(h, key, ing.get(key))
             ing.release(key)
 
     digests = [h.hexdigest() for h in hashers]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import math
 import sys
 from pathlib import Path
@@ -298,7 +299,7 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
     """`--weights -1,2` would read as an option to argparse: glue such values on (`--weights=-1,2`)."""
     out: list[str] = []
     for arg in argv:
-        if out and out[-1] in ("--weights", "--alpha") and arg.startswith("-") and arg[1:2].isdigit() | (arg[1:2] == "."):
+        if out and out[-1] in ("--weights", "--alpha") and re.match(r"-[\d.]", arg):
             out[-1] = f"{out[-1]}={arg}"
         else:
             out.append(arg)

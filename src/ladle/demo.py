@@ -18,7 +18,7 @@ import torch
 
 from .cook import cook
 from .data import load_data
-from .evaluate import Evaluator, Taster, metrics_from_logits
+from .evaluate import Evaluator, Taster
 from .models import BUILTIN_STOCK, model_spec
 from .report import format_trace, plot_accuracy_table, plot_greedy, plot_interpolation
 from .train import sweep
@@ -45,7 +45,7 @@ def run_demo(folder: Path, runs: int = 8, seed: int = 0, quick: bool = False) ->
     states = {p: open_ingredient(p).state_dict() for p in paths}
     for p in paths:
         ev.logits_many(p, states[p], splits)
-    acc = {p: {s: metrics_from_logits(ev.cache[(p, s)], ev.labels(s)).accuracy for s in splits} for p in paths}
+    acc = {p: {s: ev.score(p, None, s).accuracy for s in splits} for p in paths}
 
     soups_dir = folder / "soups"
     soups_dir.mkdir(parents=True, exist_ok=True)
@@ -65,9 +65,9 @@ def run_demo(folder: Path, runs: int = 8, seed: int = 0, quick: bool = False) ->
     best = max(paths, key=lambda p: acc[p]["heldout"])
     rows: list[tuple[str, dict[str, float]]] = [(f"best single (by held-out): {Path(best).stem}", acc[best])]
     for name in made:
-        rows.append((name, {s: metrics_from_logits(ev.cache[(name, s)], ev.labels(s)).accuracy for s in splits}))
+        rows.append((name, {s: ev.score(name, None, s).accuracy for s in splits}))
     rows.append(("uniform soup, BN recalibrated",
-                 {s: metrics_from_logits(recal.cache[("uniform", s)], ev.labels(s)).accuracy for s in splits}))
+                 {s: recal.score("uniform", None, s).accuracy for s in splits}))
     rows.append((f"ensemble of all {len(paths)}", {s: ev.ensemble(paths, s).accuracy for s in splits}))
     rows.append((f"ensemble of greedy set ({len(greedy_set)})", {s: ev.ensemble(greedy_set, s).accuracy for s in splits}))
     max_single = {s: max(acc[p][s] for p in paths) for s in splits}

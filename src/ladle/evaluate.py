@@ -173,13 +173,9 @@ class Evaluator:
     def logits(self, name: str, state: Mapping[str, torch.Tensor] | None, split: str,
                first: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits of `state` on `split`, cached under `name` (state may be None when cached)."""
-        key = (name, split)
-        if key not in self.cache:
-            if state is None:
-                raise KeyError(f"no cached logits for {name} on {split}")
-            self.prepare(state, first, name)
-            self.cache[key] = self.run(split)
-        return self.cache[key]
+        if state is None and (name, split) not in self.cache:
+            raise KeyError(f"no cached logits for {name} on {split}")
+        return self.logits_many(name, state, [split], first)[split]
 
     def logits_many(self, name: str, state, splits: Iterable[str], first=None) -> dict[str, torch.Tensor]:
         """Logits on several splits with one load (and one BN recalibration) of the state."""

@@ -100,7 +100,7 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
         logits = base_ev.logits_many(ing.name, state, list(data))
         ingredient_names.append(ing.name)
         ingredient_states.append(state)
-        rows.append(Row(ing.name, "ingredient", {s: _metrics(base_ev, ing.name, s) for s in logits}))
+        rows.append(Row(ing.name, "ingredient", {s: base_ev.score(ing.name, None, s) for s in logits}))
     first_state = ingredient_states[0] if ingredient_states else None
     if uniform and len(ingredient_states) > 1:
         soups.insert(0, ("uniform soup", cook("uniform", ingredient_states).state_dict))
@@ -108,17 +108,11 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
         state = soup if isinstance(soup, dict) else {k: soup.get(k) for k in soup.keys()}
         for p, ev in evaluators.items():
             ev.logits_many(f"{name}@{p}", state, list(data), first=first_state)
-            rows.append(Row(name, "soup", {s: _metrics(ev, f"{name}@{p}", s) for s in data}, bn=p if len(policies) > 1 else ""))
+            rows.append(Row(name, "soup", {s: ev.score(f"{name}@{p}", None, s) for s in data}, bn=p if len(policies) > 1 else ""))
     if len(ingredient_names) > 1:
         rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
                         {s: base_ev.ensemble(ingredient_names, s) for s in data}))
     return TasteReport(list(data), rows)
-
-
-def _metrics(ev: Evaluator, name: str, split: str) -> Metrics:
-    from .evaluate import metrics_from_logits
-
-    return metrics_from_logits(ev.cache[(name, split)], ev.labels(split))
 
 
 def write_report(report: TasteReport, folder: Path) -> None:
