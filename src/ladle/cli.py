@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import math
 import sys
 from pathlib import Path
 
@@ -37,6 +35,14 @@ def _tasting_options(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
     p.add_argument("--batch-size", dest="eval_batch_size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--seed", type=int, help="seed for data splits and recipes (default 0)")
+
+
+def _corruption_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
+    p.add_argument("--severities", default="1-5", metavar="1-5|1,3,5", help="severities (intensities) to build (default 1-5)")
+    p.add_argument("--corruption-seed", dest="corruption_seed", type=int, default=0, help="seed of the corruptions (default 0)")
+    if cache:
+        p.add_argument("--corruption-cache", dest="corruption_cache", metavar="DIR",
+                       help="where corrupted sets are kept and reused (default $LADLE_CACHE_DIR or ~/.cache/ladle)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     taste.add_argument("checkpoints", nargs="+", metavar="CKPT")
     _tasting_options(taste, "evaluation data, repeatable (default split test)")
     taste.add_argument("--no-uniform", dest="uniform", action="store_false", help="do not add the uniform soup of the ingredients")
-    taste.add_argument("--report", metavar="DIR", help="write taste.json and taste.md here")
+    _corruption_options(taste)
+    taste.add_argument("--corruptions", action="append", metavar="SUITE[:NAME,…]",
+                       help="also taste on corrupted copies of every split: imagenet-c, imagenet-c-extra, imagenet-c-all, "
+                            "laion-c; optionally only some corruptions (repeatable)")
+    taste.add_argument("--mce-baseline", dest="mce_baseline", default="best", metavar="best|alexnet|CKPT",
+                       help="mCE relative to the best ingredient (default), AlexNet's published ImageNet-C errors, or a checkpoint")
+    taste.add_argument("--report", metavar="DIR", help="write taste.json, taste.md and, with --corruptions, CSVs and plots here")
     taste.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    corrupt = sub.add_parser("corrupt", help="build (or reuse) corrupted copies of a data set: ImageNet-C, LAION-C-style")
+    corrupt.add_argument("--data", required=True, metavar="SPEC[:split]", help="the clean data (default split test)")
+    corrupt.add_argument("--suite", required=True, metavar="SUITE[:NAME,…]",
+                         help="imagenet-c, imagenet-c-extra, imagenet-c-all or laion-c; optionally only some corruptions")
+    corrupt.add_argument("--image-size", dest="image_size", type=int, default=64, help="resolution of the clean images (default 64)")
+    corrupt.add_argument("--out", required=True, metavar="DIR", help="where the corrupted sets are written (a cache: reused next time)")
+    corrupt.add_argument("--json", action="store_true", help="print the list of sets as JSON")
+    _corruption_options(corrupt, cache=False)
 
     train = sub.add_parser("train", help="cook ingredients")
     train_sub = train.add_subparsers(dest="train_command", required=True, metavar="WHAT")
@@ -114,18 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _json(obj) -> str:
-    """Strict JSON (RFC 8259) for --json: NaN and ±Inf, which non-finite ingredients produce, become null."""
+    from .report import strict_json
 
-    def clean(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
-
-    return json.dumps(clean(obj), indent=2, allow_nan=False, default=str)
+    return strict_json(obj)
 
 
 def _show_progress(args) -> bool:
@@ -246,14 +258,47 @@ def _taster(args, recipe: str):
 
 
 def run_taste(args) -> int:
+    from .corruptions import CorruptionCache, default_cache_dir, parse_severities, parse_suite
     from .taste import taste, write_report
 
+    severities = parse_severities(args.severities)
+    suites = [parse_suite(text, severities) for text in args.corruptions or ()]
     spec, data, bn_data = _spec_and_data(args, "test")
+    cache = CorruptionCache(Path(args.corruption_cache) if args.corruption_cache else default_cache_dir())
     report = taste(args.checkpoints, spec, data, bn=args.bn or "average", bn_data=bn_data, uniform=args.uniform,
-                   device=_device(args.device), batch_size=args.eval_batch_size, progress=_show_progress(args))
+                   device=_device(args.device), batch_size=args.eval_batch_size, progress=_show_progress(args),
+                   corruptions=suites, corruption_seed=args.corruption_seed, cache=cache, mce_baseline=args.mce_baseline)
+    if cache.damaged:
+        print(f"note: rebuilt {len(cache.damaged)} damaged corrupted set(s) in {cache.folder}", file=sys.stderr)
     if args.report:
         write_report(report, Path(args.report))
     print(_json(report.to_dict()) if args.json else report.format())
+    return 0
+
+
+def run_corrupt(args) -> int:
+    import time
+
+    from .corruptions import CorruptionCache, corrupted_sets, parse_severities, parse_suite
+    from .data import load_data, parse_spec
+
+    suite = parse_suite(args.suite, parse_severities(args.severities))
+    source, split = parse_spec(args.data)
+    data = load_data(f"{source}:{split or 'test'}", image_size=args.image_size)
+    cache = CorruptionCache(Path(args.out))
+    start = time.perf_counter()
+    sets = corrupted_sets(data, suite, seed=args.corruption_seed, cache=cache, progress=_show_progress(args))
+    seconds = time.perf_counter() - start
+    listing = [{"corruption": c, "severity": s, "images": len(part), "path": part.source["cache"]} for (c, s), part in sets.items()]
+    if args.json:
+        print(_json({"suite": suite.suite, "data": data.source, "seed": args.corruption_seed, "built": cache.misses,
+                     "reused": cache.hits, "damaged_rebuilt": cache.damaged, "sets": listing}))
+        return 0
+    for row in listing:
+        print(f"{row['corruption']:<20} {row['severity']}  {row['images']:>6} images  {row['path']}")
+    print(f"{len(listing)} corrupted sets of {len(data)} images in {args.out}: {cache.misses} built, {cache.hits} reused"
+          + (f", {len(cache.damaged)} damaged and rebuilt" if cache.damaged else "") + f" ({seconds:.1f} s)")
+    print(f"read one back with --data FILE.npz:all; ladle taste --corruptions {args.suite} --corruption-cache {args.out} reuses them")
     return 0
 
 
@@ -309,7 +354,7 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     handler = {"check": run_check, "cook": run_cook, "recipes": run_recipes, "demo": run_demo, "taste": run_taste,
-               "train": run_train}[args.command]
+               "train": run_train, "corrupt": run_corrupt}[args.command]
     try:
         return handler(args)
     except LadleError as e:

@@ -163,10 +163,11 @@ class Evaluator:
     @torch.inference_mode()
     def run(self, split: str) -> torch.Tensor:
         """Logits of the model as currently loaded, on a split (uncached)."""
-        x = self.inputs(split)
+        x = self.splits[split].x  # read once per pass (a cached corrupted set lives on disk), normalised per batch
         out = []
         for i in tqdm(range(0, len(x), self.batch_size), desc=f"eval {split}", leave=False, disable=not self.progress):
-            out.append(self.model(x[i : i + self.batch_size].to(self.device)).float().cpu())
+            batch = self.normalise(x[i : i + self.batch_size])
+            out.append(self.model(batch.to(self.device)).float().cpu())
         self.forward_passes += len(x)
         return torch.cat(out)
 

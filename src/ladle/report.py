@@ -10,6 +10,23 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def strict_json(obj) -> str:
+    """Strict JSON (RFC 8259): NaN and ±Inf, which non-finite ingredients or empty cells produce, become null."""
+    import json
+    import math
+
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False, default=str)
+
+
 def format_trace(trace: dict) -> str:
     """The decision trace of an evaluation-driven recipe as a table ('' for recipes without one)."""
     lines = []
@@ -78,9 +95,74 @@ def plot_accuracy_table(rows: list[tuple[str, dict[str, float]]], path: Path) ->
     _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def plot_corruption_heatmaps(models, path: Path, title: str) -> None:
+    """One corruption × severity accuracy heatmap per model, on one colour scale."""
+    import math
+
+    import numpy as np
+
+    names = list(dict.fromkeys(c for c, _ in models[0].grid))
+    severities = sorted({s for _, s in models[0].grid})
+    cols = min(4, len(models))
+    rows = math.ceil(len(models) / cols)
+    size = (1.5 + cols * (1.2 + 0.45 * len(severities)), 0.5 + rows * (1.1 + 0.28 * len(names)))
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, sharey=True, layout="constrained")
+    values = [100 * a for m in models for a in m.grid.values()]
+    vmin, vmax = min(values), max(values)
+    for ax, m in zip(axes.flat, models):
+        grid = np.array([[100 * m.grid.get((c, s), float("nan")) for s in severities] for c in names])
+        image = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(severities)), [str(s) for s in severities], fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("severity", fontsize=7)
+        label = m.name.rsplit("/", 1)[-1]
+        ax.set_title(f"{label[:28]}\n{m.kind}, mean {100 * m.corrupted:.1f}%", fontsize=8)
+        if len(severities) * len(names) <= 60:
+            for (i, j), v in np.ndenumerate(grid):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="w" if v < (vmin + vmax) / 2 else "k")
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (%)")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path, tight=False)
+
+
+def plot_severity_curves(report, path: Path, highlight: dict[str, str] | None = None) -> None:
+    """Mean accuracy over corruptions at each severity (0 = clean): soups and ensemble against the best single.
+
+    `highlight` maps labels to model names to draw in colour; the other ingredients are thin grey lines.
+    """
+    severities = sorted({s for _, s in report.cells()})
+
+    def curve(m):
+        return [100 * m.clean] + [100 * sum(a for (c, s), a in m.grid.items() if s == sev) /
+                                  sum(1 for (c, s) in m.grid if s == sev) for sev in severities]
+
+    by_name = {m.name: m for m in report.models}
+    if highlight is None:
+        best = max(report.ingredients(), key=lambda m: m.clean, default=None)
+        highlight = ({"best single": best.name} if best else {}) | {m.name: m.name for m in report.models if m.kind != "ingredient"}
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    xs = [0] + severities
+    shown = set(highlight.values())
+    for m in report.ingredients():
+        if m.name not in shown:
+            ax.plot(xs, curve(m), "-", color="0.8", lw=0.8, zorder=1)
+    for label, name in highlight.items():
+        if name in by_name:
+            ax.plot(xs, curve(by_name[name]), "o-", label=label.rsplit("/", 1)[-1][:40], zorder=2)
+    ax.set_xticks(xs, ["clean"] + [str(s) for s in severities])
+    ax.set_xlabel("severity")
+    ax.set_ylabel("accuracy (%), mean over corruptions")
+    ax.set_title(f"{report.suite} on {report.data} (grey: other ingredients)", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _save(fig, path: Path, tight: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)

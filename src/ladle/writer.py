@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -91,16 +92,24 @@ def _sha256_of(chunks) -> str:
     return digest.hexdigest()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb"):
+    """Open a temporary beside `path`; on a clean exit fsync it and rename it into place, else remove it."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def _fsync_dir(path: Path) -> None:

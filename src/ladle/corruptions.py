@@ -1,0 +1,293 @@
+"""Corruption suites: shifted copies of a test set, seeded, built once, cached on disk and reused.
+
+Suites (`--corruptions SUITE[:name,name]`):
+  imagenet-c        the 15 common corruptions of ImageNet-C (Hendrycks & Dietterich 2019) × 5 severities,
+                    computed by the maintained `imagecorruptions-imaug` package (import name `imagecorruptions`)
+  imagenet-c-extra  its 4 held-out validation corruptions (speckle noise, gaussian blur, spatter, saturate)
+  imagenet-c-all    all 19
+  laion-c           the six LAION-C-style distortions of laion_c.py × 5 intensities
+
+Determinism: every image gets its own seed, derived from (seed, family, corruption, severity, index), so
+the same call gives the same bytes and an image does not depend on the batch it is in. The library draws
+from numpy's global RNG: it is seeded per image and restored afterwards, so a caller's random state is
+untouched (not thread-safe: parallelise with processes).
+
+Small images: the library needs at least 32 px. Smaller images are resized up to 32 px, corrupted and
+resized back to the size the model uses; the set's source records `library_size`.
+
+Results are uint8, like the published ImageNet-C images, so a cached set reloads bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import laion_c
+from .data import ImageSet, fingerprint
+from .errors import LadleError
+
+IMAGENET_C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+              "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+              "jpeg_compression")
+IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+SUITES = {
+    "imagenet-c": IMAGENET_C,
+    "imagenet-c-extra": IMAGENET_C_EXTRA,
+    "imagenet-c-all": IMAGENET_C + IMAGENET_C_EXTRA,
+    "laion-c": laion_c.FAMILIES,
+}
+SEVERITIES = (1, 2, 3, 4, 5)
+LIBRARY_MIN_SIZE = 32
+CACHE_FORMAT = 1  # bump when the bytes a corruption produces change
+_TAKES_SEED = {"impulse_noise", "glass_blur"}  # these ignore numpy's global RNG and take a seed argument
+
+
+def family(suite: str) -> str:
+    """'imagenet-c' or 'laion-c': suites of one family share images (fog in imagenet-c is fog in imagenet-c-all)."""
+    return "laion-c" if suite == "laion-c" else "imagenet-c"
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A suite, the corruptions chosen from it and the severities: what `--corruptions` and `--severities` say."""
+
+    suite: str
+    names: tuple[str, ...]
+    severities: tuple[int, ...] = SEVERITIES
+
+    @property
+    def family(self) -> str:
+        return family(self.suite)
+
+    def cells(self) -> list[tuple[str, int]]:
+        return [(n, s) for n in self.names for s in self.severities]
+
+
+def parse_suite(text: str, severities: tuple[int, ...] = SEVERITIES) -> SuiteSpec:
+    """`SUITE` or `SUITE:name,name`."""
+    suite, _, names = text.partition(":")
+    if suite not in SUITES:
+        raise LadleError(f"corruptions: unknown suite '{suite}' (known: {', '.join(SUITES)})")
+    chosen = tuple(n.strip() for n in names.split(",") if n.strip()) or SUITES[suite]
+    for n in chosen:
+        if n not in SUITES[suite]:
+            raise LadleError(f"corruptions: '{n}' is not in suite {suite} (it has: {', '.join(SUITES[suite])})")
+    return SuiteSpec(suite, chosen, tuple(severities))
+
+
+def parse_severities(text: str) -> tuple[int, ...]:
+    """'1-5', '3' or '1,3,5' -> sorted unique severities in 1..5."""
+    out: set[int] = set()
+    try:
+        for part in text.replace(" ", "").split(","):
+            lo, sep, hi = part.partition("-")
+            out.update(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise LadleError(f"severities: expected e.g. 1-5, 3 or 1,3,5, got '{text}'") from None
+    if not out or not out <= set(SEVERITIES):
+        raise LadleError(f"severities: must lie in 1-5, got '{text}'")
+    return tuple(sorted(out))
+
+
+def image_seeds(seed: int, family_name: str, name: str, severity: int, n: int) -> list[int]:
+    """One 32-bit seed per image, from its index: stable whatever else is in the set."""
+    prefix = f"{seed}|{family_name}|{name}|{severity}|"
+    return [int.from_bytes(hashlib.sha256(f"{prefix}{i}".encode()).digest()[:4], "little") for i in range(n)]
+
+
+@contextmanager
+def _numpy_seeded(seed: int):
+    """Seed numpy's global RNG for one call and give the caller's state back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _imagenet_c(x: torch.Tensor, name: str, severity: int, seeds: list[int]) -> torch.Tensor:
+    """ImageNet-C through imagecorruptions, one image at a time (its functions take single HWC uint8 images)."""
+    from imagecorruptions import corrupt
+
+    h, w = x.shape[-2:]
+    scale = max(1.0, LIBRARY_MIN_SIZE / min(h, w))
+    if scale > 1:
+        x = F.interpolate(x, size=(math.ceil(h * scale), math.ceil(w * scale)), mode="bilinear", align_corners=False)
+    images = _to_uint8(x).permute(0, 2, 3, 1).numpy()
+    out = np.empty_like(images)
+    for i, (image, image_seed) in enumerate(zip(images, seeds)):
+        extra = {"seed": image_seed} if name in _TAKES_SEED else {}
+        with _numpy_seeded(image_seed):
+            out[i] = corrupt(np.ascontiguousarray(image), corruption_name=name, severity=severity, **extra)
+    result = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    if scale > 1:
+        result = _to_uint8(F.interpolate(result.float() / 255, size=(h, w), mode="bilinear", align_corners=False,
+                                         antialias=True))
+    return result
+
+
+def corrupt_images(x: torch.Tensor, suite: str, name: str, severity: int, seed: int = 0) -> torch.Tensor:
+    """Corrupted copies of float images (N, 3, H, W) in [0, 1], as uint8 (N, 3, H, W) of the same size."""
+    if name not in SUITES.get(suite, ()):
+        raise LadleError(f"corruptions: '{name}' is not in suite {suite}")
+    if severity not in SEVERITIES:
+        raise LadleError(f"severity: must be 1-5, got {severity}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise LadleError(f"corruptions: images must be (N, 3, H, W), got {tuple(x.shape)}")
+    seeds = image_seeds(seed, family(suite), name, severity, len(x))
+    x = x.detach().float().cpu()
+    if family(suite) == "laion-c":
+        return _to_uint8(laion_c.distort(x, name, severity, seeds))
+    return _imagenet_c(x, name, severity, seeds)
+
+
+def library_version(suite: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    if family(suite) == "laion-c":
+        return f"ladle.laion_c/{CACHE_FORMAT}"
+    try:
+        return f"imagecorruptions-imaug {version('imagecorruptions-imaug')}"
+    except PackageNotFoundError:
+        return "imagecorruptions (unknown version)"
+
+
+def default_cache_dir() -> Path:
+    """$LADLE_CACHE_DIR, else $XDG_CACHE_HOME/ladle, else ~/.cache/ladle; corrupted sets go in corruptions/."""
+    root = os.environ.get("LADLE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ladle"
+    return Path(root) / "corruptions"
+
+
+@dataclass
+class CorruptionCache:
+    """Corrupted sets on disk as .npz (x uint8 N×3×H×W, y, key, checksum), written atomically.
+
+    A file is used only if its key matches exactly and its checksum holds; anything else (truncated,
+    edited, another library version) counts as damaged and is rebuilt in place. The files are ordinary
+    `.npz` data sets: `--data FILE.npz:all` reads one back.
+    """
+
+    folder: Path | None
+    hits: int = 0
+    misses: int = 0
+    damaged: list[str] = field(default_factory=list)
+
+    def path(self, key: dict) -> Path:
+        return (Path(self.folder) / key["family"] / key["corruption"] /
+                f"{key['data']}-severity{key['severity']}-seed{key['seed']}.npz")
+
+    def load(self, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.folder is None:
+            return None
+        path = self.path(key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                stored_key, checksum = json.loads(str(z["key"])), str(z["checksum"])
+                x, y = torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+            ok = stored_key == key and x.dtype == torch.uint8 and checksum == _checksum(x, y)
+        except Exception:  # noqa: BLE001  any unreadable file is damaged: zip, CRC, JSON, dtype
+            ok = False
+        if not ok:
+            self.damaged.append(str(path))
+            self.misses += 1
+            return None
+        self.hits += 1
+        return x, y
+
+    def store(self, key: dict, x: torch.Tensor, y: torch.Tensor) -> Path | None:
+        if self.folder is None:
+            return None
+        from .writer import atomic_file
+
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as f:
+            np.savez(f, x=x.numpy(), y=y.numpy(), key=np.array(json.dumps(key, sort_keys=True)),
+                     checksum=np.array(_checksum(x, y)))
+        return path
+
+
+def _checksum(x: torch.Tensor, y: torch.Tensor) -> str:
+    """data.fingerprint of the set these uint8 images make, computed without converting them to floats."""
+    h = hashlib.sha256()
+    h.update(y.numpy().tobytes())
+    h.update(x.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class StoredSet:
+    """A corrupted set that lives in the cache: labels in memory, images read from disk when a pass needs them,
+    so evaluating a 75-set grid holds one set at a time. Reads like an ImageSet."""
+
+    def __init__(self, path: Path, y: torch.Tensor, classes: list[str], source: dict):
+        self.path, self.y, self.classes, self.source = Path(path), y, classes, source
+
+    @property
+    def x(self) -> torch.Tensor:
+        with np.load(self.path, allow_pickle=False) as z:
+            return torch.from_numpy(z["x"]).float() / 255
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def load(self) -> ImageSet:
+        return ImageSet(self.x, self.y, self.classes, self.source)
+
+    def subset(self, indices, tag: str) -> ImageSet:
+        return self.load().subset(indices, tag)
+
+
+def corrupted_set(data: ImageSet, suite: str, name: str, severity: int, *, seed: int = 0,
+                  cache: CorruptionCache | None = None, clean_fingerprint: str | None = None) -> ImageSet | StoredSet:
+    """One corruption at one severity of a data set: built, or read from the cache when it is there."""
+    cache = cache or CorruptionCache(None)
+    key = {"format": CACHE_FORMAT, "family": family(suite), "corruption": name, "severity": severity, "seed": seed,
+           "data": clean_fingerprint or fingerprint(data), "shape": list(data.x.shape), "library": library_version(suite)}
+    found = cache.load(key)
+    if found is None:
+        x, y = corrupt_images(data.x, suite, name, severity, seed), data.y.clone()
+        path = cache.store(key, x, y)
+    else:
+        (x, y), path = found, cache.path(key)
+    source = dict(data.source, corruption=name, severity=severity, suite=family(suite), corruption_seed=seed,
+                  library=key["library"], clean_fingerprint=key["data"], fingerprint=_checksum(x, y),
+                  cache=str(path) if path else None)
+    if family(suite) == "imagenet-c" and min(data.x.shape[-2:]) < LIBRARY_MIN_SIZE:
+        source["library_size"] = LIBRARY_MIN_SIZE
+    if path is not None:
+        return StoredSet(path, y, data.classes, source)
+    return ImageSet(x.float() / 255, y, data.classes, source)
+
+
+def corrupted_sets(data: ImageSet, spec: SuiteSpec, *, seed: int = 0, cache: CorruptionCache | None = None,
+                   progress: bool = False) -> dict[tuple[str, int], ImageSet | StoredSet]:
+    """Every (corruption, severity) cell of a suite spec, built or loaded, with a progress bar."""
+    out, clean = {}, fingerprint(data)
+    bar = tqdm(spec.cells(), desc=f"corrupt ({spec.suite})", unit="set", disable=not progress)
+    for name, severity in bar:
+        bar.set_postfix_str(f"{name} {severity}")
+        out[(name, severity)] = corrupted_set(data, spec.suite, name, severity, seed=seed, cache=cache, clean_fingerprint=clean)
+    return out
