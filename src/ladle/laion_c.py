@@ -3,9 +3,9 @@
 Li, Klein, Brendel, Geirhos, Zimmermann, "LAION-C: An Out-of-Distribution Benchmark for Web-Scale Vision
 Models" (ICML 2025, arXiv 2506.16950) replaced ImageNet-C's blur and noise, which LAION is full of, with
 Glitched, Mosaic, Stickers, Vertical Lines, Geometric Shapes and Luminance Checkerboard, each at five
-intensities. The per-intensity parameters below are the paper's (its Tables 2-7, as set in the authors'
-generation script), stated at 224 px and scaled here to the image side, so a 32 px and a 224 px image get the
-same distortion at different resolutions.
+intensities. The per-intensity parameters below are read from the authors' generation script
+(github.com/FanfeiLi/LAION-C, distortions/apply_distortions.py). They are in pixels at 224 px and are scaled
+here to the image side, so a 32 px and a 224 px image get the same distortion at different resolutions.
 
 What we changed, and why:
 - Sticker images and mosaic tiles were thumbnails of real photographs; we cannot ship those, so both are
@@ -57,6 +57,8 @@ def distort(images: torch.Tensor, family: str, intensity: int, seeds) -> torch.T
     seeds = [int(s) for s in (seeds.tolist() if hasattr(seeds, "tolist") else seeds)]
     if len(seeds) != len(images):
         raise LadleError(f"laion-c: seeds must hold one int per image ({len(images)}), got {len(seeds)}")
+    if len(images) == 0:
+        return images.clone()
     x = images.to(torch.float64 if images.dtype == torch.float64 else torch.float32)
     rngs = [np.random.default_rng(s % (1 << 64)) for s in seeds]  # one stream per image: batch-independent
     return _FAMILY_FN[family](x, intensity - 1, rngs).clamp(0, 1).to(images.dtype)
@@ -74,7 +76,9 @@ def _params(rngs, draw, x: torch.Tensor) -> torch.Tensor:
 def _glitched(x, level, rngs):
     """Paper: glitch-this at level g with colour offset and scan lines. 2g horizontal bands (1 to H/4 rows)
     shift cyclically by up to g²% of the width (later bands win), one colour channel is rolled by up to 2g px,
-    and every other row is black. We roll the already-shifted channel; scan lines stay 1 px at any size."""
+    and every other row is black. Ours: the same, scaled; the rolled channel is the shifted one; scan lines stay
+    1 px; shifts are capped at half the width, since a longer cyclic shift is a shorter one the other way
+    (uncapped, level 5's shifts of up to the full width came out weaker than level 4's)."""
     n, _, h, w = x.shape
     g = _GLITCH_AMOUNT[level]
     max_shift, max_roll = int(min(g * g / 100, 0.5) * w), round(_px(2 * g, min(h, w)))
@@ -142,12 +146,6 @@ def _thumbnail(p, u, v):
     t = (0.5 + (u - 0.5) * torch.cos(p[..., 9]) + (v - 0.5) * torch.sin(p[..., 9])).clamp(0, 1)
     disc = (u - p[..., 10]) ** 2 + (v - p[..., 11]) ** 2 <= p[..., 12] ** 2
     return torch.where(disc[..., None], p[..., 6:9], p[..., 0:3] + (p[..., 3:6] - p[..., 0:3]) * t[..., None])
-
-
-def _topmost(flat: torch.Tensor, index: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Per pixel, the highest `index` among the candidates landing on it (-1: none; `pixels` is a drop slot)."""
-    top = torch.full((len(flat), pixels + 1), -1, dtype=torch.long, device=flat.device)
-    return top.scatter_reduce_(1, flat, index, "amax")[:, :pixels]
 
 
 def _paint(x, cx, cy, groups, reach, inside, colour):
@@ -219,8 +217,9 @@ def _vertical_lines(x, level, rngs):
     xs = (bend[:, b0] * (1 - frac[:, None]) + bend[:, b1] * frac[:, None]).round().long()  # (N, H, k)
     ok = (xs >= 0) & (xs < w)
     flat = torch.where(ok, y[:, None] * w + xs, h * w).flatten(1)  # (N, H·k)
-    src = means.view(n, 3, bands, k)[:, :, b0].flatten(2)  # colour of each (row, line)
-    top = _topmost(flat, torch.arange(h * k, device=x.device).expand_as(flat), h * w)  # later line on top
+    src = means.view(n, 3, bands, k)[:, :, b0].flatten(2)  # colour of each (row, line); later lines on top
+    top = torch.full((n, h * w + 1), -1, dtype=torch.long, device=x.device)  # last slot: off the image
+    top = top.scatter_reduce_(1, flat, torch.arange(h * k, device=x.device).expand_as(flat), "amax")[:, : h * w]
     out = src.gather(2, top.clamp(min=0)[:, None].expand(-1, 3, -1)) * (top >= 0)[:, None]
     return out.view_as(x)
 
@@ -239,13 +238,13 @@ def _geometric_shapes(x, level, rngs):
     cx, cy = p[..., 0] * w + half, p[..., 1] * h + half
 
     def inside(g, j, dx, dy):
-        return _SHAPE_TESTS[g // 16](size.flatten()[j, None, None], p[..., 7].flatten()[j, None, None], dx, dy)
+        return _SHAPE_TESTS[g // 2](size.flatten()[j, None, None], p[..., 7].flatten()[j, None, None], dx, dy)
 
-    def reach(g):  # of a group of shapes of one kind and size: triangle, square, star, circle
-        return (g % 16) * unit * (2**-0.5, 2**-0.5, 1 / 1.2, 0.5)[g // 16]
+    def reach(g):  # of shapes of one kind (triangle, square, star, circle), up to 10 or up to 15 px
+        return (10, 15)[g % 2] * unit * (2**-0.5, 2**-0.5, 1 / 1.2, 0.5)[g // 2]
 
     colour = lambda s, k, dx, dy: p[s, :, 4:7].gather(1, k[..., None].expand(-1, -1, 3))  # noqa: E731
-    return _paint(x, cx, cy, kind * 16 + p[..., 3].long(), reach, inside, colour)
+    return _paint(x, cx, cy, kind * 2 + (p[..., 3] > 10).long(), reach, inside, colour)
 
 
 def _star(size, rot, dx, dy):

@@ -88,7 +88,7 @@ def plot_accuracy_table(rows: list[tuple[str, dict[str, float]]], path: Path) ->
         bars = ax.bar([i + j * width for i in range(len(rows))], values, width, label=split)
         ax.bar_label(bars, fmt="%.1f", fontsize=6)
     ax.set_xticks([i + width * (len(splits) - 1) / 2 for i in range(len(rows))], [r[0] for r in rows], rotation=20, fontsize=8)
-    low = min(100 * v for r in rows for v in r[1].values())
+    low = min((100 * v for r in rows for v in r[1].values() if v == v), default=0)  # nan: not measured
     ax.set_ylim(max(0, low - 5), 100)
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=8)
