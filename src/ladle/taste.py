@@ -18,7 +18,7 @@ from .corruptions import CorruptionCache, SuiteSpec, corrupted_sets
 from .data import ImageSet
 from .evaluate import BN_POLICIES, Evaluator, Metrics, check_num_classes
 from .models import ModelSpec
-from .robustness import ModelShift, ShiftReport
+from .robustness import ModelShift, ShiftReport, alexnet_baseline
 
 
 @dataclass
@@ -90,6 +90,9 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
     from .cook import cook
 
     policies = list(BN_POLICIES) if bn == "all" else ([bn] if isinstance(bn, str) else list(bn))
+    if mce_baseline == "alexnet":  # fail before any work if the suites have no published AlexNet errors
+        for suite in corruptions:
+            alexnet_baseline(suite.cells())
     model = spec.build()
     first_split = next(iter(data.values()))
     check_num_classes(model, first_split, ((first_split.x[:1] - 0.5) / 0.5))
