@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,9 +168,10 @@ def library_version(suite: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    """$LADLE_CACHE_DIR, else $XDG_CACHE_HOME/ladle, else ~/.cache/ladle; corrupted sets go in corruptions/."""
-    root = os.environ.get("LADLE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ladle"
-    return Path(root) / "corruptions"
+    """corruptions/ in ladle's cache folder ($LADLE_CACHE_DIR, default ~/.cache/ladle)."""
+    from .hashing import cache_root
+
+    return cache_root() / "corruptions"
 
 
 @dataclass

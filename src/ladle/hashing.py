@@ -17,11 +17,15 @@ from pathlib import Path
 _lock = threading.Lock()
 
 
+def cache_root() -> Path:
+    """Where ladle keeps what it can rebuild: $LADLE_CACHE_DIR, default ~/.cache/ladle."""
+    return Path(os.environ.get("LADLE_CACHE_DIR") or Path.home() / ".cache" / "ladle")
+
+
 def cache_file() -> Path | None:
     if os.environ.get("LADLE_HASH_CACHE", "1") == "0":
         return None
-    root = Path(os.environ.get("LADLE_CACHE_DIR") or Path.home() / ".cache" / "ladle")
-    return root / "sha256.json"
+    return cache_root() / "sha256.json"
 
 
 def _stamp(path: Path) -> str:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .checkpoints import TensorInfo, open_ingredient
 from .data import ImageSet
 from .errors import LadleError
-from .evaluate import check_num_classes, metrics_from_logits
+from .evaluate import channels_last, check_num_classes, metrics_from_logits
 from .hashing import sha256_file
 from .writer import SoupWriter
 
@@ -84,7 +84,7 @@ def _train(model, params, data: ImageSet, mean, std, *, epochs, batch_size, lr, 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
     mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    model.to(device).train()
+    channels_last(model.to(device)).train()
     freeze_batchnorm_statistics(model)
     losses, step = [], 0
     with tqdm(total=total_steps, desc=desc, leave=False, disable=not progress) as bar:
@@ -95,7 +95,8 @@ def _train(model, params, data: ImageSet, mean, std, *, epochs, batch_size, lr, 
                     break
                 idx = order[start : start + batch_size]
                 x = (random_shift(data.x[idx], shift, generator) - mean) / std
-                loss = F.cross_entropy(model(x.to(device)), data.y[idx].to(device), label_smoothing=label_smoothing)
+                loss = F.cross_entropy(model(channels_last(x.to(device))), data.y[idx].to(device),
+                                       label_smoothing=label_smoothing)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
