@@ -195,3 +195,15 @@ def test_corrupt_command_bad_input_exits_2_with_one_line(tmp_path, cli, args, me
     assert r.code == 2
     assert len(r.err_lines) == 1 and message in r.err
     assert not (tmp_path / "x").exists()
+
+
+def test_corrupt_command_says_when_small_images_were_resized_for_the_library(tmp_path, cli):
+    r = cli("corrupt", "--data", "digits:test", "--suite", "imagenet-c:fog", "--severities", "1", "--image-size", "16",
+            "--out", str(tmp_path / "s"))
+    assert r.code == 0, r.err
+    assert "note: images are smaller than the 32 px imagecorruptions needs" in r.out
+    [path] = list((tmp_path / "s").rglob("*.npz"))
+    assert load_data(f"{path}:all", image_size=16).x.shape[-2:] == (16, 16)
+    r = cli("corrupt", "--data", "digits:test", "--suite", "laion-c:mosaic", "--severities", "1", "--image-size", "16",
+            "--out", str(tmp_path / "s"))
+    assert "note:" not in r.out  # our own suite works at any size

@@ -270,6 +270,8 @@ def run_taste(args) -> int:
                    corruptions=suites, corruption_seed=args.corruption_seed, cache=cache, mce_baseline=args.mce_baseline)
     if cache.damaged:
         print(f"note: rebuilt {len(cache.damaged)} damaged corrupted set(s) in {cache.folder}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.report:
         write_report(report, Path(args.report))
     print(_json(report.to_dict()) if args.json else report.format())
@@ -279,7 +281,7 @@ def run_taste(args) -> int:
 def run_corrupt(args) -> int:
     import time
 
-    from .corruptions import CorruptionCache, corrupted_sets, parse_severities, parse_suite
+    from .corruptions import CorruptionCache, corrupted_sets, parse_severities, parse_suite, resize_note
     from .data import load_data, parse_spec
 
     suite = parse_suite(args.suite, parse_severities(args.severities))
@@ -298,6 +300,9 @@ def run_corrupt(args) -> int:
         print(f"{row['corruption']:<20} {row['severity']}  {row['images']:>6} images  {row['path']}")
     print(f"{len(listing)} corrupted sets of {len(data)} images in {args.out}: {cache.misses} built, {cache.hits} reused"
           + (f", {len(cache.damaged)} damaged and rebuilt" if cache.damaged else "") + f" ({seconds:.1f} s)")
+    note = resize_note(sets.values())
+    if note:
+        print(f"note: {note}")
     print(f"read one back with --data FILE.npz:all; ladle taste --corruptions {args.suite} --corruption-cache {args.out} reuses them")
     return 0
 

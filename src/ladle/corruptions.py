@@ -282,6 +282,15 @@ def corrupted_set(data: ImageSet, suite: str, name: str, severity: int, *, seed:
     return ImageSet(x.float() / 255, y, data.classes, source)
 
 
+def resize_note(sets) -> str | None:
+    """What to tell the user when the library saw other pixels than the model will (images under 32 px)."""
+    sizes = {part.source["library_size"] for part in sets if "library_size" in part.source}
+    if not sizes:
+        return None
+    return (f"images are smaller than the {LIBRARY_MIN_SIZE} px imagecorruptions needs: they were resized up to "
+            f"{LIBRARY_MIN_SIZE} px, corrupted, and resized back to the model's size")
+
+
 def corrupted_sets(data: ImageSet, spec: SuiteSpec, *, seed: int = 0, cache: CorruptionCache | None = None,
                    progress: bool = False) -> dict[tuple[str, int], ImageSet | StoredSet]:
     """Every (corruption, severity) cell of a suite spec, built or loaded, with a progress bar."""

@@ -103,7 +103,7 @@ def plot_corruption_heatmaps(models, path: Path, title: str) -> None:
 
     names = list(dict.fromkeys(c for c, _ in models[0].grid))
     severities = sorted({s for _, s in models[0].grid})
-    cols = min(4, len(models))
+    cols = min(5, len(models))
     rows = math.ceil(len(models) / cols)
     size = (1.5 + cols * (1.2 + 0.45 * len(severities)), 0.5 + rows * (1.1 + 0.28 * len(names)))
     fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, sharey=True, layout="constrained")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoints import open_ingredient
-from .corruptions import CorruptionCache, SuiteSpec, corrupted_sets
+from .corruptions import CorruptionCache, SuiteSpec, corrupted_sets, resize_note
 from .data import ImageSet
 from .evaluate import BN_POLICIES, Evaluator, Metrics, check_num_classes
 from .models import ModelSpec
@@ -37,6 +37,7 @@ class TasteReport:
     splits: list[str]
     rows: list[Row]
     shifts: list[ShiftReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def ingredients(self) -> list[Row]:
         return [r for r in self.rows if r.kind == "ingredient"]
@@ -131,7 +132,8 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
               for (clean, suite), cells in grids.items()]
     for shift in shifts:
         shift.baseline_model()  # an unknown --mce-baseline fails here, before anything is written
-    return TasteReport(list(data), rows, shifts)
+    note = resize_note(shifted.values())
+    return TasteReport(list(data), rows, shifts, [note] if note else [])
 
 
 def shifted_splits(data: dict[str, ImageSet], corruptions: list[SuiteSpec], *, seed: int = 0,
