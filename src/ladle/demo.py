@@ -12,7 +12,6 @@ stays under 10 minutes on 2 cores; corrupted sets are cached in the demo folder.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
