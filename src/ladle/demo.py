@@ -163,11 +163,11 @@ def _interpolation_curve(ev: Evaluator, i: int, j: int, paths, splits, steps: in
 
 
 def _table(rows, max_single, splits) -> str:
-    head = f"{'':<44}" + "".join(f"{s:>10}" for s in splits) + "".join(f"{'gain ' + s:>13}" for s in splits)
+    head = f"{'':<44}" + "".join(f"{s:>10}" for s in splits) + "".join(f"{'gain ' + s:>16}" for s in splits)
     lines = [head, "-" * len(head)]
     for name, values in rows:
         lines.append(f"{name[:43]:<44}" + "".join(_cell(100 * values[s], 10, "") for s in splits) +
-                     "".join(_cell(100 * (values[s] - max_single[s]), 13, "+") for s in splits))
+                     "".join(_cell(100 * (values[s] - max_single[s]), 16, "+") for s in splits))
     lines.append("gain = accuracy − the best ingredient's accuracy on that split (soup gain); accuracies in %; "
                  "corrupted = mean over the corrupted test slice")
     return "\n".join(lines)
