@@ -133,6 +133,16 @@ def test_cache_miss_then_hit_gives_identical_sets(tmp_path, digits):
     assert again.misses == 2 and len(list(tmp_path.rglob("*.npz"))) == 6
 
 
+def test_a_pool_of_workers_builds_the_same_bytes(tmp_path, digits):
+    spec = parse_suite("imagenet-c:impulse_noise,glass_blur,frost", (2,))
+    serial = corrupted_sets(digits, spec, seed=5, cache=CorruptionCache(tmp_path / "serial"))
+    pooled_cache = CorruptionCache(tmp_path / "pooled")
+    pooled = corrupted_sets(digits, spec, seed=5, cache=pooled_cache, workers=2)
+    assert pooled_cache.misses == 3 and list(pooled) == list(serial)
+    for cell in serial:
+        assert serial[cell].path.read_bytes() == pooled[cell].path.read_bytes()
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "other key"])
 def test_damaged_cache_file_is_detected_and_rebuilt(tmp_path, digits, damage):
     cache = CorruptionCache(tmp_path)

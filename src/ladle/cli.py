@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -40,6 +41,8 @@ def _tasting_options(p: argparse.ArgumentParser, data_help: str) -> None:
 def _corruption_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
     p.add_argument("--severities", default="1-5", metavar="1-5|1,3,5", help="severities (intensities) to build (default 1-5)")
     p.add_argument("--corruption-seed", dest="corruption_seed", type=int, default=0, help="seed of the corruptions (default 0)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes that build missing corrupted sets (default: one per core)")
     if cache:
         p.add_argument("--corruption-cache", dest="corruption_cache", metavar="DIR",
                        help="where corrupted sets are kept and reused (default $LADLE_CACHE_DIR or ~/.cache/ladle)")
@@ -267,7 +270,8 @@ def run_taste(args) -> int:
     cache = CorruptionCache(Path(args.corruption_cache) if args.corruption_cache else default_cache_dir())
     report = taste(args.checkpoints, spec, data, bn=args.bn or "average", bn_data=bn_data, uniform=args.uniform,
                    device=_device(args.device), batch_size=args.eval_batch_size, progress=_show_progress(args),
-                   corruptions=suites, corruption_seed=args.corruption_seed, cache=cache, mce_baseline=args.mce_baseline)
+                   corruptions=suites, corruption_seed=args.corruption_seed, cache=cache, mce_baseline=args.mce_baseline,
+                   workers=args.workers)
     if cache.damaged:
         print(f"note: rebuilt {len(cache.damaged)} damaged corrupted set(s) in {cache.folder}", file=sys.stderr)
     for note in report.notes:
@@ -289,7 +293,8 @@ def run_corrupt(args) -> int:
     data = load_data(f"{source}:{split or 'test'}", image_size=args.image_size)
     cache = CorruptionCache(Path(args.out))
     start = time.perf_counter()
-    sets = corrupted_sets(data, suite, seed=args.corruption_seed, cache=cache, progress=_show_progress(args))
+    sets = corrupted_sets(data, suite, seed=args.corruption_seed, cache=cache, progress=_show_progress(args),
+                          workers=args.workers)
     seconds = time.perf_counter() - start
     listing = [{"corruption": c, "severity": s, "images": len(part), "path": part.source["cache"]} for (c, s), part in sets.items()]
     if args.json:

@@ -260,26 +260,33 @@ class StoredSet:
         return self.load().subset(indices, tag)
 
 
-def corrupted_set(data: ImageSet, suite: str, name: str, severity: int, *, seed: int = 0,
-                  cache: CorruptionCache | None = None, clean_fingerprint: str | None = None) -> ImageSet | StoredSet:
-    """One corruption at one severity of a data set: built, or read from the cache when it is there."""
-    cache = cache or CorruptionCache(None)
-    key = {"format": CACHE_FORMAT, "family": family(suite), "corruption": name, "severity": severity, "seed": seed,
-           "data": clean_fingerprint or fingerprint(data), "shape": list(data.x.shape), "library": library_version(suite)}
-    found = cache.load(key)
-    if found is None:
-        x, y = corrupt_images(data.x, suite, name, severity, seed), data.y.clone()
-        path = cache.store(key, x, y)
-    else:
-        (x, y), path = found, cache.path(key)
-    source = dict(data.source, corruption=name, severity=severity, suite=family(suite), corruption_seed=seed,
-                  library=key["library"], clean_fingerprint=key["data"], fingerprint=_checksum(x, y),
-                  cache=str(path) if path else None)
+def _cell_key(data: ImageSet, suite: str, name: str, severity: int, seed: int, clean_fingerprint: str | None) -> dict:
+    return {"format": CACHE_FORMAT, "family": family(suite), "corruption": name, "severity": severity, "seed": seed,
+            "data": clean_fingerprint or fingerprint(data), "shape": list(data.x.shape), "library": library_version(suite)}
+
+
+def _as_set(data: ImageSet, suite: str, key: dict, x: torch.Tensor, y: torch.Tensor, path: Path | None):
+    """The corrupted set with its provenance: on disk (lazy) when cached, else in memory."""
+    source = dict(data.source, corruption=key["corruption"], severity=key["severity"], suite=key["family"],
+                  corruption_seed=key["seed"], library=key["library"], clean_fingerprint=key["data"],
+                  fingerprint=_checksum(x, y), cache=str(path) if path else None)
     if family(suite) == "imagenet-c" and min(data.x.shape[-2:]) < LIBRARY_MIN_SIZE:
         source["library_size"] = LIBRARY_MIN_SIZE
     if path is not None:
         return StoredSet(path, y, data.classes, source)
     return ImageSet(x.float() / 255, y, data.classes, source)
+
+
+def corrupted_set(data: ImageSet, suite: str, name: str, severity: int, *, seed: int = 0,
+                  cache: CorruptionCache | None = None, clean_fingerprint: str | None = None) -> ImageSet | StoredSet:
+    """One corruption at one severity of a data set: built, or read from the cache when it is there."""
+    cache = cache or CorruptionCache(None)
+    key = _cell_key(data, suite, name, severity, seed, clean_fingerprint)
+    found = cache.load(key)
+    if found is not None:
+        return _as_set(data, suite, key, *found, cache.path(key))
+    x = corrupt_images(data.x, suite, name, severity, seed)
+    return _as_set(data, suite, key, x, data.y.clone(), cache.store(key, x, data.y))
 
 
 def resize_note(sets) -> str | None:
@@ -292,11 +299,54 @@ def resize_note(sets) -> str | None:
 
 
 def corrupted_sets(data: ImageSet, spec: SuiteSpec, *, seed: int = 0, cache: CorruptionCache | None = None,
-                   progress: bool = False) -> dict[tuple[str, int], ImageSet | StoredSet]:
-    """Every (corruption, severity) cell of a suite spec, built or loaded, with a progress bar."""
-    out, clean = {}, fingerprint(data)
-    bar = tqdm(spec.cells(), desc=f"corrupt ({spec.suite})", unit="set", disable=not progress)
-    for name, severity in bar:
-        bar.set_postfix_str(f"{name} {severity}")
-        out[(name, severity)] = corrupted_set(data, spec.suite, name, severity, seed=seed, cache=cache, clean_fingerprint=clean)
-    return out
+                   progress: bool = False, workers: int = 1) -> dict[tuple[str, int], ImageSet | StoredSet]:
+    """Every (corruption, severity) cell of a suite spec, loaded from the cache or built, with a progress bar.
+
+    With workers > 1 the missing cells are built in that many fresh ("spawn") processes, each on one thread;
+    the bytes are the same as a serial build. A script that asks for workers must guard its entry point with
+    `if __name__ == "__main__":`, as for any spawned pool.
+    """
+    cache = cache or CorruptionCache(None)
+    clean = fingerprint(data)
+    keys = {cell: _cell_key(data, spec.suite, *cell, seed, clean) for cell in spec.cells()}
+    out = {}
+    for cell, key in keys.items():
+        found = cache.load(key)
+        if found is not None:
+            out[cell] = _as_set(data, spec.suite, key, *found, cache.path(key))
+    missing = [cell for cell in keys if cell not in out]
+    bar = tqdm(total=len(keys), initial=len(out), desc=f"corrupt ({spec.suite})", unit="set", disable=not progress)
+
+    def finish(cell, x):
+        out[cell] = _as_set(data, spec.suite, keys[cell], x, data.y.clone(), cache.store(keys[cell], x, data.y))
+        bar.set_postfix_str(f"{cell[0]} {cell[1]}")
+        bar.update()
+
+    if workers > 1 and len(missing) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(min(workers, len(missing)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_start, initargs=(data.x.numpy(),)) as pool:
+            jobs = {pool.submit(_worker_corrupt, spec.suite, *cell, seed): cell for cell in missing}
+            for job in as_completed(jobs):
+                finish(jobs[job], torch.from_numpy(job.result()))
+    else:
+        for cell in missing:
+            finish(cell, corrupt_images(data.x, spec.suite, *cell, seed))
+    bar.close()
+    return {cell: out[cell] for cell in keys}
+
+
+_worker_images: torch.Tensor | None = None
+
+
+def _worker_start(images: np.ndarray) -> None:
+    """Runs once in each pool process: the clean images arrive once, not with every cell."""
+    global _worker_images
+    torch.set_num_threads(1)  # the pool is the parallelism; threads inside it would only compete
+    _worker_images = torch.from_numpy(images)
+
+
+def _worker_corrupt(suite: str, name: str, severity: int, seed: int) -> np.ndarray:
+    return corrupt_images(_worker_images, suite, name, severity, seed).numpy()

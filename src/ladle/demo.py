@@ -12,6 +12,7 @@ stays under 10 minutes on 2 cores; corrupted sets are cached in the demo folder.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def _shift_study(ev: Evaluator, test, states: dict, kinds: dict[str, str], ensem
                  suite: SuiteSpec, images: int, seed: int, cache_dir: Path, baseline: str) -> ShiftReport:
     """Every model and ensemble on corrupted copies of a stratified slice of the test split."""
     part = test.subset(stratified_split(test.y.numpy(), [images], seed)[0], f"{images} for corruptions")
-    shifted, grids = shifted_splits({"test slice": part}, [suite], seed=seed, cache=CorruptionCache(cache_dir), progress=True)
+    shifted, grids = shifted_splits({"test slice": part}, [suite], seed=seed, cache=CorruptionCache(cache_dir), progress=True,
+                                    workers=os.cpu_count() or 1)
     ev.add_split("test slice", part)
     for name, split in shifted.items():
         ev.add_split(name, split)

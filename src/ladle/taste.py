@@ -85,7 +85,7 @@ def is_soup(path) -> bool:
 def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: str | list[str] = "average",
           bn_data: ImageSet | None = None, uniform: bool = True, device="cpu", batch_size: int = 256,
           progress: bool = False, corruptions: list[SuiteSpec] = (), corruption_seed: int = 0,
-          cache: CorruptionCache | None = None, mce_baseline: str = "best") -> TasteReport:
+          cache: CorruptionCache | None = None, mce_baseline: str = "best", workers: int = 1) -> TasteReport:
     """Evaluate checkpoints, the uniform soup of the ingredients and their ensemble on every split,
     and on the corrupted copies of every split that the corruption suites make."""
     from .cook import cook
@@ -97,7 +97,8 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
     model = spec.build()
     first_split = next(iter(data.values()))
     check_num_classes(model, first_split, ((first_split.x[:1] - 0.5) / 0.5))
-    shifted, grids = shifted_splits(data, corruptions, seed=corruption_seed, cache=cache, progress=progress)
+    shifted, grids = shifted_splits(data, corruptions, seed=corruption_seed, cache=cache, progress=progress,
+                                    workers=workers)
     every = dict(data) | shifted
     evaluators = {p: Evaluator(model, every, mean=spec.mean, std=spec.std, device=device, batch_size=batch_size, bn=p,
                                bn_data=bn_data, progress=progress) for p in policies}
@@ -137,14 +138,15 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
 
 
 def shifted_splits(data: dict[str, ImageSet], corruptions: list[SuiteSpec], *, seed: int = 0,
-                   cache: CorruptionCache | None = None, progress: bool = False):
+                   cache: CorruptionCache | None = None, progress: bool = False, workers: int = 1):
     """Corrupted copies of every split, named `SPLIT ~ FAMILY/CORRUPTION/SEVERITY`, and, per (split, suite),
     the map from each (corruption, severity) cell to its split name."""
     shifted, grids = {}, {}
     for clean, clean_data in data.items():
         for spec in corruptions:
             cells = {}
-            for (name, severity), part in corrupted_sets(clean_data, spec, seed=seed, cache=cache, progress=progress).items():
+            for (name, severity), part in corrupted_sets(clean_data, spec, seed=seed, cache=cache, progress=progress,
+                                                           workers=workers).items():
                 split = f"{clean} ~ {spec.family}/{name}/{severity}"
                 shifted[split], cells[(name, severity)] = part, split
             grids[(clean, spec.suite)] = cells
