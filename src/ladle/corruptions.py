@@ -8,9 +8,10 @@ Suites (`--corruptions SUITE[:name,name]`):
   laion-c           the six LAION-C-style distortions of laion_c.py × 5 intensities
 
 Determinism: every image gets its own seed, derived from (seed, family, corruption, severity, index), so
-the same call gives the same bytes and an image does not depend on the batch it is in. The library draws
-from numpy's global RNG: it is seeded per image and restored afterwards, so a caller's random state is
-untouched (not thread-safe: parallelise with processes).
+the same call gives the same bytes and an image never depends on the other images (a prefix of a set gets
+the same corrupted images). The library draws from numpy's global RNG: it is seeded per image and restored
+afterwards, so a caller's random state is untouched. That is not thread-safe, so missing sets are built in
+parallel by processes (`workers`), which give the same bytes as one process.
 
 Small images: the library needs at least 32 px. Smaller images are resized up to 32 px, corrupted and
 resized back to the size the model uses; the set's source records `library_size`.
