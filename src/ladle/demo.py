@@ -68,7 +68,7 @@ def run_demo(folder: Path, runs: int = 8, seed: int = 0, quick: bool = False) ->
         states[name] = open_ingredient(soup.path).state_dict()
         ev.logits_many(name, states[name], splits)
     recal = Evaluator(spec.build(), data, mean=spec.mean, std=spec.std, device=device, bn="recalibrate", bn_data=train)
-    recal.logits_many("uniform", open_ingredient(made["uniform soup"].path).state_dict(), splits)
+    recal.logits_many("uniform", states["uniform soup"], splits)
 
     greedy_weights = made["greedy soup"].manifest["weights"]
     greedy_set = [p for p, w in zip(paths, greedy_weights) if w > 0]
