@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ladle.corruptions import SUITES, CorruptionCache, SuiteSpec, corrupt_images, corrupted_sets
+from ladle.shifts.corruptions import SUITES, CorruptionCache, SuiteSpec, corrupt_images, corrupted_sets
 from ladle.data import load_data, stratified_split
-from ladle.evaluate import Evaluator
+from ladle.evaluation.evaluator import Evaluator
 from ladle.models import BUILTIN_STOCK, model_spec
 
 SIZE = 64

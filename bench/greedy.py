@@ -26,9 +26,9 @@ from PIL import Image
 
 import ladle
 from ladle.data import load_data
-from ladle.evaluate import Evaluator, Taster, metrics_from_logits
+from ladle.evaluation.evaluator import Evaluator, Taster, metrics_from_logits
 from ladle.models import model_spec
-from ladle.train import sweep
+from ladle.training.finetune import sweep
 
 SIZE = 64
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ladle.recipes.learned import _mix
+from ladle.soup.recipes.learned import _mix
 
 
 def make_ingredients(n: int, seed: int = 0):

@@ -134,7 +134,7 @@ def ensure_inputs(workdir: Path, size_mib: int, dtype_name: str, count: int, see
 def prime_hash_cache(paths: list[Path]) -> None:
     """Hash the inputs into ladle's sha256 cache (untimed), so every timed 'ladle' run finds them there."""
     try:
-        from ladle.hashing import sha256_file
+        from ladle.io.hashing import sha256_file
     except ImportError:  # a ladle without a hash cache: 'ladle' and 'cold' measure the same thing
         return
     for p in paths:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ladle.cli import main
+from ladle.cli.main import main
 
 VENV_BIN = Path(sys.executable).parent
 TMP_MARK = ".ladle-tmp-"

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import ladle
-from ladle.recipes import RECIPES
+from ladle.soup.recipes import RECIPES
 from conftest import A, B, BASE, as_state, ladle_script, run_process, snapshot, tensor
 
 

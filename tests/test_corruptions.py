@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 import torch
 
-from ladle.corruptions import (IMAGENET_C, IMAGENET_C_EXTRA, SUITES, CorruptionCache, StoredSet, corrupt_images,
+from ladle.shifts.corruptions import (IMAGENET_C, IMAGENET_C_EXTRA, SUITES, CorruptionCache, StoredSet, corrupt_images,
                                corrupted_set, corrupted_sets, parse_severities, parse_suite)
 from ladle.data import ImageSet, load_data, resize
 from ladle.errors import LadleError

@@ -153,7 +153,7 @@ def test_truncated_data_names_the_cut_tensor(cli, ckpt, out_dir):
     # save_file lays tensors out in a known order; cut into the data of the last one in the file.
     state = {"first": tensor([1.0, 2.0, 3.0, 4.0]), "last": tensor([5.0, 6.0])}
     good = ckpt.st("good", state)
-    from ladle.checkpoints import SafetensorsFile
+    from ladle.io.checkpoints import SafetensorsFile
 
     spans = SafetensorsFile(good).spans
     last = max(spans, key=lambda k: spans[k][1])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from skimage import data
 
 from ladle.errors import LadleError
-from ladle.laion_c import FAMILIES, INTENSITIES, _mosaic_tile_px, distort
+from ladle.shifts.laion_c import FAMILIES, INTENSITIES, _mosaic_tile_px, distort
 
 RANDOM_FAMILIES = ("glitched", "stickers", "geometric_shapes", "luminance_checkerboard")
 PASTING_FAMILIES = ("stickers", "geometric_shapes")  # paste image-independent content over the image

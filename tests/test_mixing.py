@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ladle
-from ladle import mixing
+from ladle.soup import mixing
 
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ladle.data import load_data
 from ladle.errors import LadleError
-from ladle.evaluate import Evaluator
+from ladle.evaluation.evaluator import Evaluator
 from ladle.models import BUILTIN_STOCK, Logits, build_model, load_weights, model_spec, tiny_cnn
 
 EGYPTIAN_CAT = 285

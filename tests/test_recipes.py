@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ladle
-from ladle.recipes import RECIPES
+from ladle.soup.recipes import RECIPES
 
 
 def sd(w, b=None, steps=None, dtype=torch.float32):

@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from ladle.data import load_data
 from ladle.errors import LadleError
-from ladle.evaluate import metrics_from_logits
+from ladle.evaluation.evaluator import metrics_from_logits
 from ladle.models import load_weights, tiny_cnn
-from ladle.robustness import (ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, ModelShift, ShiftReport, alexnet_baseline,
+from ladle.evaluation.robustness import (ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, ModelShift, ShiftReport, alexnet_baseline,
                               corruption_errors, mce, mean_accuracy, per_corruption, relative_mce)
 
 # two corruptions × two severities, accuracies chosen so every error is a simple fraction

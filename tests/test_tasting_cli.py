@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import load_file
 
 import ladle
-from ladle.cli import main
+from ladle.cli.main import main
 from ladle.data import load_data
-from ladle.evaluate import batchnorm_keys
+from ladle.evaluation.evaluator import batchnorm_keys
 from ladle.models import tiny_cnn
-from ladle.train import accuracy, sample_hyperparams
+from ladle.training.finetune import accuracy, sample_hyperparams
 
 from conftest import sha256_of, snapshot
 

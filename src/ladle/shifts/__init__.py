@@ -1,0 +1,1 @@
+"""Distribution shifts: corruption suites (ImageNet-C, LAION-C-style), seeded and cached."""

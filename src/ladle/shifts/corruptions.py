@@ -1,0 +1,353 @@
+"""Corruption suites: shifted copies of a test set, seeded, built once, cached on disk and reused.
+
+Suites (`--corruptions SUITE[:name,name]`):
+  imagenet-c        the 15 common corruptions of ImageNet-C (Hendrycks & Dietterich 2019) × 5 severities,
+                    computed by the maintained `imagecorruptions-imaug` package (import name `imagecorruptions`)
+  imagenet-c-extra  its 4 held-out validation corruptions (speckle noise, gaussian blur, spatter, saturate)
+  imagenet-c-all    all 19
+  laion-c           the six LAION-C-style distortions of laion_c.py × 5 intensities
+
+Determinism: every image gets its own seed, derived from (seed, family, corruption, severity, index), so
+the same call gives the same bytes and an image never depends on the other images (a prefix of a set gets
+the same corrupted images). The library draws from numpy's global RNG: it is seeded per image and restored
+afterwards, so a caller's random state is untouched. That is not thread-safe, so missing sets are built in
+parallel by processes (`workers`), which give the same bytes as one process.
+
+Small images: the library needs at least 32 px. Smaller images are resized up to 32 px, corrupted and
+resized back to the size the model uses; the set's source records `library_size`.
+
+Results are uint8, like the published ImageNet-C images, so a cached set reloads bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ladle.shifts import laion_c
+from ladle.data.load import ImageSet, fingerprint
+from ladle.errors import LadleError
+
+IMAGENET_C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+              "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+              "jpeg_compression")
+IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+SUITES = {
+    "imagenet-c": IMAGENET_C,
+    "imagenet-c-extra": IMAGENET_C_EXTRA,
+    "imagenet-c-all": IMAGENET_C + IMAGENET_C_EXTRA,
+    "laion-c": laion_c.FAMILIES,
+}
+SEVERITIES = (1, 2, 3, 4, 5)
+LIBRARY_MIN_SIZE = 32
+CACHE_FORMAT = 1  # bump when the bytes a corruption produces change
+_TAKES_SEED = {"impulse_noise", "glass_blur"}  # these ignore numpy's global RNG and take a seed argument
+
+
+def family(suite: str) -> str:
+    """'imagenet-c' or 'laion-c': suites of one family share images (fog in imagenet-c is fog in imagenet-c-all)."""
+    return "laion-c" if suite == "laion-c" else "imagenet-c"
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A suite, the corruptions chosen from it and the severities: what `--corruptions` and `--severities` say."""
+
+    suite: str
+    names: tuple[str, ...]
+    severities: tuple[int, ...] = SEVERITIES
+
+    @property
+    def family(self) -> str:
+        return family(self.suite)
+
+    def cells(self) -> list[tuple[str, int]]:
+        return [(n, s) for n in self.names for s in self.severities]
+
+
+def parse_suite(text: str, severities: tuple[int, ...] = SEVERITIES) -> SuiteSpec:
+    """`SUITE` or `SUITE:name,name`."""
+    suite, _, names = text.partition(":")
+    if suite not in SUITES:
+        raise LadleError(f"corruptions: unknown suite '{suite}' (known: {', '.join(SUITES)})")
+    chosen = tuple(n.strip() for n in names.split(",") if n.strip()) or SUITES[suite]
+    for n in chosen:
+        if n not in SUITES[suite]:
+            raise LadleError(f"corruptions: '{n}' is not in suite {suite} (it has: {', '.join(SUITES[suite])})")
+    return SuiteSpec(suite, chosen, tuple(severities))
+
+
+def parse_severities(text: str) -> tuple[int, ...]:
+    """'1-5', '3' or '1,3,5' -> sorted unique severities in 1..5."""
+    out: set[int] = set()
+    try:
+        for part in text.replace(" ", "").split(","):
+            lo, sep, hi = part.partition("-")
+            out.update(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise LadleError(f"severities: expected e.g. 1-5, 3 or 1,3,5, got '{text}'") from None
+    if not out or not out <= set(SEVERITIES):
+        raise LadleError(f"severities: must lie in 1-5, got '{text}'")
+    return tuple(sorted(out))
+
+
+def image_seeds(seed: int, family_name: str, name: str, severity: int, n: int) -> list[int]:
+    """One 32-bit seed per image, from its index: stable whatever else is in the set."""
+    prefix = f"{seed}|{family_name}|{name}|{severity}|"
+    return [int.from_bytes(hashlib.sha256(f"{prefix}{i}".encode()).digest()[:4], "little") for i in range(n)]
+
+
+@contextmanager
+def _numpy_seeded(seed: int):
+    """Seed numpy's global RNG for one call and give the caller's state back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _imagenet_c(x: torch.Tensor, name: str, severity: int, seeds: list[int]) -> torch.Tensor:
+    """ImageNet-C through imagecorruptions, one image at a time (its functions take single HWC uint8 images)."""
+    from imagecorruptions import corrupt
+
+    h, w = x.shape[-2:]
+    scale = max(1.0, LIBRARY_MIN_SIZE / min(h, w))
+    if scale > 1:
+        x = F.interpolate(x, size=(math.ceil(h * scale), math.ceil(w * scale)), mode="bilinear", align_corners=False)
+    images = _to_uint8(x).permute(0, 2, 3, 1).numpy()
+    out = np.empty_like(images)
+    for i, (image, image_seed) in enumerate(zip(images, seeds)):
+        extra = {"seed": image_seed} if name in _TAKES_SEED else {}
+        with _numpy_seeded(image_seed):
+            out[i] = corrupt(np.ascontiguousarray(image), corruption_name=name, severity=severity, **extra)
+    result = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    if scale > 1:
+        result = _to_uint8(F.interpolate(result.float() / 255, size=(h, w), mode="bilinear", align_corners=False,
+                                         antialias=True))
+    return result
+
+
+def corrupt_images(x: torch.Tensor, suite: str, name: str, severity: int, seed: int = 0) -> torch.Tensor:
+    """Corrupted copies of float images (N, 3, H, W) in [0, 1], as uint8 (N, 3, H, W) of the same size."""
+    if name not in SUITES.get(suite, ()):
+        raise LadleError(f"corruptions: '{name}' is not in suite {suite}")
+    if severity not in SEVERITIES:
+        raise LadleError(f"severity: must be 1-5, got {severity}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise LadleError(f"corruptions: images must be (N, 3, H, W), got {tuple(x.shape)}")
+    seeds = image_seeds(seed, family(suite), name, severity, len(x))
+    x = x.detach().float().cpu()
+    if family(suite) == "laion-c":
+        return _to_uint8(laion_c.distort(x, name, severity, seeds))
+    return _imagenet_c(x, name, severity, seeds)
+
+
+def library_version(suite: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    if family(suite) == "laion-c":
+        return f"ladle.laion_c/{CACHE_FORMAT}"
+    try:
+        return f"imagecorruptions-imaug {version('imagecorruptions-imaug')}"
+    except PackageNotFoundError:
+        return "imagecorruptions (unknown version)"
+
+
+def default_cache_dir() -> Path:
+    """corruptions/ in ladle's cache folder ($LADLE_CACHE_DIR, default ~/.cache/ladle)."""
+    from ladle.io.hashing import cache_root
+
+    return cache_root() / "corruptions"
+
+
+@dataclass
+class CorruptionCache:
+    """Corrupted sets on disk as .npz (x uint8 N×3×H×W, y, key, checksum), written atomically.
+
+    A file is used only if its key matches exactly and its checksum holds; anything else (truncated,
+    edited, another library version) counts as damaged and is rebuilt in place. The files are ordinary
+    `.npz` data sets: `--data FILE.npz:all` reads one back.
+    """
+
+    folder: Path | None
+    hits: int = 0
+    misses: int = 0
+    damaged: list[str] = field(default_factory=list)
+
+    def path(self, key: dict) -> Path:
+        return (Path(self.folder) / key["family"] / key["corruption"] /
+                f"{key['data']}-severity{key['severity']}-seed{key['seed']}.npz")
+
+    def load(self, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.folder is None:
+            return None
+        path = self.path(key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                stored_key, checksum = json.loads(str(z["key"])), str(z["checksum"])
+                x, y = torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+            ok = stored_key == key and x.dtype == torch.uint8 and checksum == _checksum(x, y)
+        except Exception:  # noqa: BLE001  any unreadable file is damaged: zip, CRC, JSON, dtype
+            ok = False
+        if not ok:
+            self.damaged.append(str(path))
+            self.misses += 1
+            return None
+        self.hits += 1
+        return x, y
+
+    def store(self, key: dict, x: torch.Tensor, y: torch.Tensor) -> Path | None:
+        if self.folder is None:
+            return None
+        from ladle.io.writer import atomic_file
+
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as f:
+            np.savez(f, x=x.numpy(), y=y.numpy(), key=np.array(json.dumps(key, sort_keys=True)),
+                     checksum=np.array(_checksum(x, y)))
+        return path
+
+
+def _checksum(x: torch.Tensor, y: torch.Tensor) -> str:
+    """data.fingerprint of the set these uint8 images make, computed without converting them to floats."""
+    h = hashlib.sha256()
+    h.update(y.numpy().tobytes())
+    h.update(x.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class StoredSet:
+    """A corrupted set that lives in the cache: labels in memory, images read from disk when a pass needs them,
+    so evaluating a 75-set grid holds one set at a time. Reads like an ImageSet."""
+
+    def __init__(self, path: Path, y: torch.Tensor, classes: list[str], source: dict):
+        self.path, self.y, self.classes, self.source = Path(path), y, classes, source
+
+    @property
+    def x(self) -> torch.Tensor:
+        with np.load(self.path, allow_pickle=False) as z:
+            return torch.from_numpy(z["x"]).float() / 255
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def load(self) -> ImageSet:
+        return ImageSet(self.x, self.y, self.classes, self.source)
+
+    def subset(self, indices, tag: str) -> ImageSet:
+        return self.load().subset(indices, tag)
+
+
+def _cell_key(data: ImageSet, suite: str, name: str, severity: int, seed: int, clean_fingerprint: str | None) -> dict:
+    return {"format": CACHE_FORMAT, "family": family(suite), "corruption": name, "severity": severity, "seed": seed,
+            "data": clean_fingerprint or fingerprint(data), "shape": list(data.x.shape), "library": library_version(suite)}
+
+
+def _as_set(data: ImageSet, suite: str, key: dict, x: torch.Tensor, y: torch.Tensor, path: Path | None):
+    """The corrupted set with its provenance: on disk (lazy) when cached, else in memory."""
+    source = dict(data.source, corruption=key["corruption"], severity=key["severity"], suite=key["family"],
+                  corruption_seed=key["seed"], library=key["library"], clean_fingerprint=key["data"],
+                  fingerprint=_checksum(x, y), cache=str(path) if path else None)
+    if family(suite) == "imagenet-c" and min(data.x.shape[-2:]) < LIBRARY_MIN_SIZE:
+        source["library_size"] = LIBRARY_MIN_SIZE
+    if path is not None:
+        return StoredSet(path, y, data.classes, source)
+    return ImageSet(x.float() / 255, y, data.classes, source)
+
+
+def corrupted_set(data: ImageSet, suite: str, name: str, severity: int, *, seed: int = 0,
+                  cache: CorruptionCache | None = None, clean_fingerprint: str | None = None) -> ImageSet | StoredSet:
+    """One corruption at one severity of a data set: built, or read from the cache when it is there."""
+    cache = cache or CorruptionCache(None)
+    key = _cell_key(data, suite, name, severity, seed, clean_fingerprint)
+    found = cache.load(key)
+    if found is not None:
+        return _as_set(data, suite, key, *found, cache.path(key))
+    x = corrupt_images(data.x, suite, name, severity, seed)
+    return _as_set(data, suite, key, x, data.y.clone(), cache.store(key, x, data.y))
+
+
+def resize_note(sets) -> str | None:
+    """What to tell the user when the library saw other pixels than the model will (images under 32 px)."""
+    sizes = {part.source["library_size"] for part in sets if "library_size" in part.source}
+    if not sizes:
+        return None
+    return (f"images are smaller than the {LIBRARY_MIN_SIZE} px imagecorruptions needs: they were resized up to "
+            f"{LIBRARY_MIN_SIZE} px, corrupted, and resized back to the model's size")
+
+
+def corrupted_sets(data: ImageSet, spec: SuiteSpec, *, seed: int = 0, cache: CorruptionCache | None = None,
+                   progress: bool = False, workers: int = 1) -> dict[tuple[str, int], ImageSet | StoredSet]:
+    """Every (corruption, severity) cell of a suite spec, loaded from the cache or built, with a progress bar.
+
+    With workers > 1 the missing cells are built in that many fresh ("spawn") processes, each on one thread;
+    the bytes are the same as a serial build. A script that asks for workers must guard its entry point with
+    `if __name__ == "__main__":`, as for any spawned pool.
+    """
+    cache = cache or CorruptionCache(None)
+    clean = fingerprint(data)
+    keys = {cell: _cell_key(data, spec.suite, *cell, seed, clean) for cell in spec.cells()}
+    out = {}
+    for cell, key in keys.items():
+        found = cache.load(key)
+        if found is not None:
+            out[cell] = _as_set(data, spec.suite, key, *found, cache.path(key))
+    missing = [cell for cell in keys if cell not in out]
+    bar = tqdm(total=len(keys), initial=len(out), desc=f"corrupt ({spec.suite})", unit="set", disable=not progress)
+
+    def finish(cell, x):
+        out[cell] = _as_set(data, spec.suite, keys[cell], x, data.y.clone(), cache.store(keys[cell], x, data.y))
+        bar.set_postfix_str(f"{cell[0]} {cell[1]}")
+        bar.update()
+
+    if workers > 1 and len(missing) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(min(workers, len(missing)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_start, initargs=(data.x.numpy(),)) as pool:
+            jobs = {pool.submit(_worker_corrupt, spec.suite, *cell, seed): cell for cell in missing}
+            for job in as_completed(jobs):
+                finish(jobs[job], torch.from_numpy(job.result()))
+    else:
+        for cell in missing:
+            finish(cell, corrupt_images(data.x, spec.suite, *cell, seed))
+    bar.close()
+    return {cell: out[cell] for cell in keys}
+
+
+_worker_images: torch.Tensor | None = None
+
+
+def _worker_start(images: np.ndarray) -> None:
+    """Runs once in each pool process: the clean images arrive once, not with every cell."""
+    global _worker_images
+    torch.set_num_threads(1)  # the pool is the parallelism; threads inside it would only compete
+    _worker_images = torch.from_numpy(images)
+
+
+def _worker_corrupt(suite: str, name: str, severity: int, seed: int) -> np.ndarray:
+    return corrupt_images(_worker_images, suite, name, severity, seed).numpy()

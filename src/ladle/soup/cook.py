@@ -1,0 +1,233 @@
+"""Cook a soup: open ingredients, check them, mix key by key through a recipe's plan, write atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import inspect
+import platform
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ladle.soup.check import find_mismatches, select_keys
+from ladle.io.checkpoints import DTYPE_NAMES, SAFETENSORS_DTYPES, Ingredient, TensorInfo, is_float, open_ingredient
+from ladle.errors import LadleError
+from ladle.io.hashing import sha256_file
+from ladle.soup.recipes import BASE_NONE, BASE_REQUIRED, RECIPES
+from ladle.io.writer import SoupWriter, check_destination
+
+INT_POLICIES = ("first", "strict")
+ACCUMULATORS = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Soup:
+    """What `cook` made: the tensors (in memory) or the file(s) written, and the manifest."""
+
+    manifest: dict
+    state_dict: dict[str, torch.Tensor] | None = None
+    path: Path | None = None
+    sha256: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    aliases = {"fp32": "F32", "float32": "F32", "fp16": "F16", "float16": "F16", "half": "F16", "bf16": "BF16",
+               "bfloat16": "BF16", "fp64": "F64", "float64": "F64", "double": "F64"}
+    key = aliases.get(str(name).lower(), str(name).upper())
+    if key not in SAFETENSORS_DTYPES or not SAFETENSORS_DTYPES[key].is_floating_point:
+        raise LadleError(f"dtype: '{name}' is not a floating-point dtype (float32, float16, bfloat16, float64)")
+    return SAFETENSORS_DTYPES[key]
+
+
+def _versions() -> dict:
+    from ladle._version import __version__
+
+    return {"ladle": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def cook(
+    recipe: str,
+    ingredients: list,
+    *,
+    base=None,
+    out: str | Path | None = None,
+    force: bool = False,
+    include: list[str] | tuple = (),
+    exclude: list[str] | tuple = (),
+    accumulate: str = "float32",
+    dtype: str | torch.dtype | None = None,
+    int_policy: str = "first",
+    reject_nonfinite: bool = False,
+    max_shard_size: int | str = "5GB",
+    progress: bool = False,
+    **params,
+) -> Soup:
+    """Mix `ingredients` with `recipe`; write to `out` (atomically) or return the state dict if `out` is None."""
+    if recipe not in RECIPES:
+        raise LadleError(f"recipe: unknown recipe '{recipe}' (known: {', '.join(sorted(RECIPES))})")
+    spec = RECIPES[recipe]
+    if accumulate not in ACCUMULATORS:
+        raise LadleError(f"accumulate: must be float32 or float64, got '{accumulate}'")
+    if int_policy not in INT_POLICIES:
+        raise LadleError(f"int_policy: must be one of {', '.join(INT_POLICIES)}, got '{int_policy}'")
+    unknown = sorted(set(params) - set(spec.parameters))
+    if unknown:
+        raise LadleError(f"{unknown[0]}: not a parameter of recipe '{recipe}' (it takes: {', '.join(spec.parameters) or 'none'})")
+    signature = inspect.signature(spec.make_plan).parameters
+    missing = [p for p in spec.parameters if p not in params and signature[p].default is inspect.Parameter.empty]
+    if missing:
+        raise LadleError(f"{missing[0]}: recipe '{recipe}' needs this parameter")
+    if not ingredients:
+        raise LadleError("no ingredients given")
+    if spec.base == BASE_REQUIRED and base is None:
+        raise LadleError(f"recipe '{recipe}' needs a base model (--base)")
+    if spec.base == BASE_NONE and base is not None:
+        raise LadleError(f"recipe '{recipe}' does not use a base model; drop --base")
+    out_dtype = parse_dtype(dtype)
+    acc_dtype = ACCUMULATORS[accumulate]
+
+    ings = [open_ingredient(i) for i in ingredients]
+    base_ing = open_ingredient(base) if base is not None else None
+    keys = select_keys(ings[0].keys(), include, exclude)
+    if not keys:
+        raise LadleError("no tensors selected" + (" by --include/--exclude" if include or exclude else ""), file=ings[0].name)
+    everyone = ings + ([base_ing] if base_ing else [])
+    for m in find_mismatches(everyone, keys, include, exclude):
+        if m.kind == "dtype" and out_dtype is not None:
+            continue
+        hint = "; pass --dtype to soup mixed dtypes" if m.kind == "dtype" else (
+            "; use --include/--exclude to soup only the shared part" if m.kind in ("missing", "extra") else "")
+        raise LadleError(m.message + hint, file=m.file, key=m.key)
+    if out is not None:
+        check_destination(Path(out), force)  # before any (possibly long) tasting
+    if "evaluator" in params:  # evaluation-driven recipes score candidate soups of these ingredients
+        params["evaluator"].bind(ings, keys)
+    plan = spec.make_plan(len(ings), **params)
+
+    out_infos = {}
+    for k in keys:
+        info = ings[0].info(k)
+        out_infos[k] = TensorInfo(info.shape, out_dtype if (out_dtype and is_float(info.dtype)) else info.dtype)
+
+    writer = SoupWriter(out, out_infos, force=force, max_shard_size=max_shard_size) if out is not None else None
+    state: dict[str, torch.Tensor] = {}
+    int_disagreements: list[str] = []
+    files = [f for ing in everyone for f in ing.files]
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        hashes = {f: pool.submit(sha256_file, f) for f in files}  # overlaps with mixing
+        try:
+            stream = mix_stream(plan, ings, keys, base_ing, out_dtypes={k: i.dtype for k, i in out_infos.items()},
+                                accumulate=acc_dtype, int_policy=int_policy, reject_nonfinite=reject_nonfinite,
+                                int_disagreements=int_disagreements)
+            for key, tensor in tqdm(stream, total=len(keys), desc=f"cook {recipe}", unit="tensor", disable=not progress):
+                if writer:
+                    writer.add(key, tensor)
+                else:
+                    state[key] = tensor
+            digests = {str(f): h.result() for f, h in hashes.items()}
+            manifest = _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, exclude,
+                                 accumulate, out_dtype, int_policy, int_disagreements)
+            sha = writer.finish(manifest) if writer else {}
+        except BaseException:
+            for h in hashes.values():
+                h.cancel()
+            if writer:
+                writer.abort()
+            raise
+    notes = list(plan.notes) + [f"{ing.name}: {n}" for ing in everyone for n in ing.notes]
+    if int_disagreements:
+        notes.append(f"{len(int_disagreements)} integer tensors differ between ingredients; kept the first ingredient's "
+                     f"(e.g. '{int_disagreements[0]}')")
+    return Soup(manifest, state if writer is None else None, Path(out) if out is not None else None, sha, notes)
+
+
+def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredient | None = None, *,
+               out_dtypes: dict[str, torch.dtype] | None = None, accumulate: torch.dtype = torch.float32,
+               int_policy: str = "first", reject_nonfinite: bool = False, int_disagreements: list[str] | None = None):
+    """Yield (key, mixed tensor) one key at a time: the heart of every soup, on disk or in memory."""
+    for key in keys:
+        dtype = out_dtypes[key] if out_dtypes else ings[0].info(key).dtype
+        if is_float(dtype):
+            base_t = base_ing.get(key) if base_ing else None
+            if base_t is not None:
+                _check_finite(base_t, base_ing, key, reject_nonfinite)
+            tensor = plan.mix(key, _reader(ings, key, reject_nonfinite), base_t, accumulate).to(dtype)
+        else:
+            tensor, agree = _integer_tensor(ings, key, int_policy)
+            if not agree and int_disagreements is not None:
+                int_disagreements.append(key)
+        for ing in ings + ([base_ing] if base_ing else []):
+            ing.release(key)
+        yield key, tensor
+
+
+def _check_finite(t: torch.Tensor, ing: Ingredient, key: str, reject: bool) -> None:
+    if reject and not torch.isfinite(t).all():
+        raise LadleError("holds NaN or Inf values (--reject-nonfinite)", file=ing.name, key=key)
+
+
+def _reader(ings: list[Ingredient], key: str, reject_nonfinite: bool):
+    """The plan asks for ingredient tensors by index; they are read one at a time, in order."""
+
+    def tensors(indices: list[int]):
+        for i in indices:
+            t = ings[i].get(key)
+            _check_finite(t, ings[i], key, reject_nonfinite)
+            yield t
+            ings[i].release(key)  # consumed: drop its pages, so one ingredient's tensor is resident, not N
+
+    return tensors
+
+
+def _integer_tensor(ings: list[Ingredient], key: str, policy: str) -> tuple[torch.Tensor, bool]:
+    """Integer tensors are never averaged: keep the first ingredient's, or insist that all agree."""
+    first = ings[0].get(key).clone()
+    for ing in ings[1:]:
+        if not torch.equal(first, ing.get(key)):
+            if policy == "strict":
+                raise LadleError(f"integer tensor differs from {ings[0].name} (--int-policy strict)", file=ing.name, key=key)
+            return first, False
+    return first, True
+
+
+def _describe_ingredient(ing: Ingredient, digests: dict[str, str]) -> dict:
+    files = [{"path": str(f), "bytes": f.stat().st_size, "sha256": digests[str(f)]} for f in ing.files]
+    entry = {"path": ing.name, "bytes": sum(f["bytes"] for f in files) if files else ing.nbytes, "files": files}
+    if len(files) == 1:
+        entry["sha256"] = files[0]["sha256"]
+    if ing.notes:
+        entry["notes"] = ing.notes
+    return entry
+
+
+def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, exclude, accumulate, out_dtype,
+              int_policy, int_disagreements) -> dict:
+    return {
+        "recipe": recipe,
+        "parameters": {k: v for k, v in params.items() if k != "evaluator"},
+        "ingredients": [_describe_ingredient(i, digests) for i in ings],
+        "base": _describe_ingredient(base_ing, digests) if base_ing else None,
+        "weights": plan.weights,
+        "base_weight": plan.base_weight,
+        "notes": plan.notes,
+        "selection": {"include": list(include), "exclude": list(exclude), "tensors": len(keys)},
+        "dtype_policy": {"accumulate": accumulate,
+                         "output": DTYPE_NAMES[out_dtype] if out_dtype else "same as the ingredients"},
+        "integer_policy": {"policy": int_policy, "rule": "never averaged",
+                           "disagreeing_keys": int_disagreements},
+        "trace": plan.trace(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+
+
+def load_soup(path) -> dict:
+    """A soup (or any checkpoint ladle reads) as a plain state dict."""
+    return open_ingredient(path).state_dict()

@@ -1,0 +1,19 @@
+import math
+
+from ladle.errors import LadleError
+from ladle.soup.mixing import normalize_weights
+from ladle.soup.recipes import Plan, recipe
+
+
+@recipe("weighted", reference="Wortsman et al. 2022, Model soups (arXiv:2203.05482)")
+def weighted(n: int, weights: list[float], normalize: bool = True) -> Plan:
+    """A weighted mean: one non-negative weight per ingredient, normalised to sum to 1 unless told not to."""
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise LadleError(f"weights: {len(weights)} values for {n} ingredients")
+    for i, w in enumerate(weights):
+        if not math.isfinite(w) or w < 0:
+            raise LadleError(f"weights: value {i + 1} is {w}; weights must be finite and non-negative")
+    if math.fsum(weights) == 0:
+        raise LadleError("weights: all weights are zero")
+    return Plan(normalize_weights(weights) if normalize else weights)

@@ -1,0 +1,173 @@
+"""`ladle taste`: soups beside their ingredients, the best single one and the output ensemble.
+
+Every checkpoint is evaluated once per split (logits cached); a checkpoint with a ladle manifest is a
+soup, the others are ingredients. The table reports accuracy / NLL / ECE per split and the soup gain,
+acc(soup) − max acc(ingredients), with the BatchNorm policies side by side when asked. With corruption
+suites, every clean split also gets its corrupted copies (built once, cached) and a robustness table:
+mean corrupted accuracy, soup gain on it, mCE, relative mCE and the accuracy the shift costs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ladle.io.checkpoints import open_ingredient
+from ladle.shifts.corruptions import CorruptionCache, SuiteSpec, corrupted_sets, resize_note
+from ladle.data.load import ImageSet
+from ladle.evaluation.evaluator import BN_POLICIES, Evaluator, Metrics, check_num_classes
+from ladle.models.specs import ModelSpec
+from ladle.evaluation.robustness import ModelShift, ShiftReport, alexnet_baseline
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str  # ingredient | soup | ensemble | best single
+    metrics: dict[str, Metrics] = field(default_factory=dict)
+    bn: str = ""
+
+    def accuracy(self, split: str) -> float:
+        return self.metrics[split].accuracy if split in self.metrics else math.nan
+
+
+@dataclass
+class TasteReport:
+    splits: list[str]
+    rows: list[Row]
+    shifts: list[ShiftReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def ingredients(self) -> list[Row]:
+        return [r for r in self.rows if r.kind == "ingredient"]
+
+    def best_single(self, split: str) -> float:
+        return max((r.accuracy(split) for r in self.ingredients()), default=math.nan)
+
+    def gain(self, row: Row, split: str) -> float:
+        return row.accuracy(split) - self.best_single(split)
+
+    def to_dict(self) -> dict:
+        return {"splits": self.splits, "best_single": {s: self.best_single(s) for s in self.splits},
+                "rows": [{"name": r.name, "kind": r.kind, "bn": r.bn,
+                          "metrics": {s: r.metrics[s].as_dict() for s in self.splits},
+                          "soup_gain": {s: self.gain(r, s) for s in self.splits} if r.kind != "ingredient" else None}
+                         for r in self.rows],
+                "shifts": [shift.to_dict() for shift in self.shifts]}
+
+    def format(self, digits: int = 2) -> str:
+        head = f"{'model':<34}{'kind':<12}" + "".join(f"{s + ' acc':>14}{'gain':>8}" for s in self.splits)
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            cells = ""
+            for s in self.splits:
+                acc = 100 * r.accuracy(s)
+                gain = "" if r.kind == "ingredient" else f"{100 * self.gain(r, s):+.{digits}f}"
+                cells += f"{acc:>14.{digits}f}{gain:>8}"
+            label = r.name if len(r.name) <= 33 else "…" + r.name[-32:]
+            lines.append(f"{label:<34}{(r.kind + (' ' + r.bn if r.bn else ''))[:11]:<12}{cells}")
+        lines.append(f"{'best single ingredient':<34}{'':<12}" +
+                     "".join(f"{100 * self.best_single(s):>14.{digits}f}{'':>8}" for s in self.splits))
+        return "\n\n".join(["\n".join(lines)] + [shift.format() for shift in self.shifts])
+
+
+def is_soup(path) -> bool:
+    from ladle.io.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except Exception:  # noqa: BLE001  not a ladle file: an ingredient
+        return False
+    return bool(manifest and manifest.get("recipe"))
+
+
+def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: str | list[str] = "average",
+          bn_data: ImageSet | None = None, uniform: bool = True, device="cpu", batch_size: int = 256,
+          progress: bool = False, corruptions: list[SuiteSpec] = (), corruption_seed: int = 0,
+          cache: CorruptionCache | None = None, mce_baseline: str = "best", workers: int = 1) -> TasteReport:
+    """Evaluate checkpoints, the uniform soup of the ingredients and their ensemble on every split,
+    and on the corrupted copies of every split that the corruption suites make."""
+    from ladle.soup.cook import cook
+
+    policies = list(BN_POLICIES) if bn == "all" else ([bn] if isinstance(bn, str) else list(bn))
+    if mce_baseline == "alexnet":  # fail before any work if the suites have no published AlexNet errors
+        for suite in corruptions:
+            alexnet_baseline(suite.cells())
+    model = spec.build()
+    first_split = next(iter(data.values()))
+    check_num_classes(model, first_split, ((first_split.x[:1] - 0.5) / 0.5))
+    shifted, grids = shifted_splits(data, corruptions, seed=corruption_seed, cache=cache, progress=progress,
+                                    workers=workers)
+    every = dict(data) | shifted
+    evaluators = {p: Evaluator(model, every, mean=spec.mean, std=spec.std, device=device, batch_size=batch_size, bn=p,
+                               bn_data=bn_data, progress=progress) for p in policies}
+    base_ev = evaluators[policies[0]]
+    rows: list[Row] = []
+    ingredient_names, ingredient_states = [], []
+    soups = []
+    for ckpt in checkpoints:
+        ing = open_ingredient(ckpt)
+        if is_soup(ckpt):
+            soups.append((ing.name, ing))
+            continue
+        state = {k: ing.get(k) for k in ing.keys()}
+        base_ev.logits_many(ing.name, state, list(every))
+        ingredient_names.append(ing.name)
+        ingredient_states.append(state)
+        rows.append(Row(ing.name, "ingredient", {s: base_ev.score(ing.name, None, s) for s in every}))
+    first_state = ingredient_states[0] if ingredient_states else None
+    if uniform and len(ingredient_states) > 1:
+        soups.insert(0, ("uniform soup", cook("uniform", ingredient_states).state_dict))
+    for name, soup in soups:
+        state = soup if isinstance(soup, dict) else {k: soup.get(k) for k in soup.keys()}
+        for p, ev in evaluators.items():
+            ev.logits_many(f"{name}@{p}", state, list(every), first=first_state)
+            rows.append(Row(name, "soup", {s: ev.score(f"{name}@{p}", None, s) for s in every}, bn=p if len(policies) > 1 else ""))
+    if len(ingredient_names) > 1:
+        rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
+                        {s: base_ev.ensemble(ingredient_names, s) for s in every}))
+    shifts = [ShiftReport(clean, suite, [ModelShift(r.name + (f" (bn {r.bn})" if r.bn else ""), r.kind, r.accuracy(clean),
+                                                    {cell: r.accuracy(split) for cell, split in cells.items()})
+                                         for r in rows], mce_baseline)
+              for (clean, suite), cells in grids.items()]
+    for shift in shifts:
+        shift.baseline_model()  # an unknown --mce-baseline fails here, before anything is written
+    note = resize_note(shifted.values())
+    return TasteReport(list(data), rows, shifts, [note] if note else [])
+
+
+def shifted_splits(data: dict[str, ImageSet], corruptions: list[SuiteSpec], *, seed: int = 0,
+                   cache: CorruptionCache | None = None, progress: bool = False, workers: int = 1):
+    """Corrupted copies of every split, named `SPLIT ~ FAMILY/CORRUPTION/SEVERITY`, and, per (split, suite),
+    the map from each (corruption, severity) cell to its split name."""
+    shifted, grids = {}, {}
+    for clean, clean_data in data.items():
+        for spec in corruptions:
+            cells = {}
+            for (name, severity), part in corrupted_sets(clean_data, spec, seed=seed, cache=cache, progress=progress,
+                                                           workers=workers).items():
+                split = f"{clean} ~ {spec.family}/{name}/{severity}"
+                shifted[split], cells[(name, severity)] = part, split
+            grids[(clean, spec.suite)] = cells
+    return shifted, grids
+
+
+def write_report(report: TasteReport, folder: Path) -> None:
+    """JSON and markdown of a taste report; per corruption suite, CSVs, a heatmap per model and severity curves."""
+    import re
+
+    from ladle.results.report import plot_corruption_heatmaps, plot_severity_curves, strict_json
+    from ladle.io.writer import write_text_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "taste.json", strict_json(report.to_dict()) + "\n")
+    write_text_atomic(folder / "taste.md", "```\n" + report.format() + "\n```\n")
+    for shift in report.shifts:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{shift.suite}-{shift.data}").strip("_")
+        summary, cells = shift.to_csv()
+        write_text_atomic(folder / f"{stem}-summary.csv", summary)
+        write_text_atomic(folder / f"{stem}-cells.csv", cells)
+        write_text_atomic(folder / f"{stem}.json", strict_json(shift.to_dict()) + "\n")
+        plot_corruption_heatmaps(shift.models, folder / f"{stem}-heatmaps.png", f"{shift.suite} on {shift.data}")
+        plot_severity_curves(shift, folder / f"{stem}-severity.png")

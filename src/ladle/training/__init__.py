@@ -1,0 +1,1 @@
+"""Training: one fine-tuning loop with pluggable objectives; resumable sweeps from YAML configs."""
