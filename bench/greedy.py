@@ -26,7 +26,8 @@ from PIL import Image
 
 import ladle
 from ladle.data import load_data
-from ladle.evaluation.evaluator import Evaluator, Taster, metrics_from_logits
+from ladle.evaluation.evaluator import Evaluator, metrics_from_logits
+from ladle.evaluation.scorer import Taster
 from ladle.models import model_spec
 from ladle.training.finetune import sweep
 
@@ -77,7 +78,7 @@ def reference_study(spec, paths, heldout_dir: Path, test_dir: Path) -> dict:
 
 def ladle_study(spec, paths, heldout, test) -> dict:
     ev = Evaluator(spec.build(), {"heldout": heldout, "test": test}, mean=spec.mean, std=spec.std)
-    soup = ladle.cook("greedy", paths, evaluator=Taster(ev, "heldout"))
+    soup = ladle.cook("greedy", paths, scorer=Taster(ev, "heldout"))
     for p in paths:
         ev.logits_many(p, ladle.load_soup(p), ["heldout", "test"])
     ev.logits_many("greedy", soup.state_dict, ["heldout", "test"])

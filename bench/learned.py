@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ladle.soup.recipes.learned import _mix
+from ladle.soup.frozen_mix import frozen_weighted_sum as _mix
 
 
 def make_ingredients(n: int, seed: int = 0):

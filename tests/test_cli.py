@@ -332,16 +332,30 @@ def test_missing_recipe_file(cli, tmp_path):
 # ---------------------------------------------------------------- ladle recipes
 
 
-def test_recipes_lists_every_recipe(cli):
+def test_recipes_lists_every_recipe_with_every_parameter(cli):
     result = cli("recipes")
     assert result.code == 0
     lines = result.out.splitlines()
-    names = [line.split()[0] for line in lines if line and not line.startswith(" ")]
+    names = [line.split(":")[0] for line in lines if line and not line.startswith(" ") and ":" in line.split()[0]]
     assert sorted(names) == sorted(RECIPES)
-    assert {"interpolate", "model-stock", "uniform", "weighted"} <= set(names)
     for r in RECIPES.values():
-        assert any(line.startswith(f"{r.name:<12} {r.summary}") for line in lines)
-    assert "parameters: weights, normalize" in result.out and "parameters: alpha" in result.out
+        assert any(line.startswith(f"{r.name}: {r.summary}") for line in lines)
+        for p in r.parameters:  # type, default and help of every parameter, read from the signature
+            assert f"    {p.describe()}" in lines
+    assert "    --weights (list of numbers, required): one non-negative weight per ingredient (W1,W2,…)" in lines
+    assert "    --no-normalize (flag): scale the weights to sum to 1" in lines
+    assert "    --max-passes (int, default 5): with replacement: passes over the candidates at most" in lines
+    assert "scorer" not in result.out and "evaluator" not in result.out  # capabilities are not parameters
+
+
+def test_recipes_json_lists_parameters(cli):
+    result = cli("recipes", "--json")
+    assert result.code == 0
+    listed = {r["name"]: r for r in json.loads(result.out)}
+    assert listed["greedy"]["tastes"] is True and listed["uniform"]["tastes"] is False
+    accept = next(p for p in listed["greedy"]["parameters"] if p["name"] == "accept")
+    assert accept == {"name": "accept", "flag": "--accept", "type": "ge|gt", "default": "ge", "required": False,
+                      "help": "keep a candidate if the soup is not worse (ge, paper) or better (gt, official code)"}
 
 
 # ---------------------------------------------------------------- ladle check

@@ -8,7 +8,8 @@ from torch import nn
 
 import ladle
 from ladle.data import load_data
-from ladle.evaluation.evaluator import Evaluator, Taster, batchnorm_keys, ensemble_logits, metrics_from_logits, update_bn
+from ladle.evaluation.evaluator import Evaluator, batchnorm_keys, ensemble_logits, metrics_from_logits, update_bn
+from ladle.evaluation.scorer import Taster
 from ladle.models import tiny_cnn
 
 SIZE = 8
@@ -49,7 +50,7 @@ def evaluator(digits, **kw) -> Evaluator:
 def test_greedy_rejects_the_harmful_ingredient(digits, ingredients):
     (good0, good1), harmful = ingredients
     taster = Taster(evaluator(digits))
-    soup = ladle.cook("greedy", [harmful, good0, good1], evaluator=taster)
+    soup = ladle.cook("greedy", [harmful, good0, good1], scorer=taster)
     weights = soup.manifest["weights"]
     assert weights[0] == 0.0 and weights[1] > 0
     steps = soup.manifest["trace"]["greedy"]["steps"]
@@ -65,17 +66,17 @@ def test_greedy_rejects_the_harmful_ingredient(digits, ingredients):
 def test_greedy_tie_rule(digits, ingredients):
     (good0, _), _ = ingredients
     same = {k: v.clone() for k, v in good0.items()}
-    ge = ladle.cook("greedy", [good0, same], evaluator=Taster(evaluator(digits)))
-    gt = ladle.cook("greedy", [good0, same], evaluator=Taster(evaluator(digits)), accept="gt")
+    ge = ladle.cook("greedy", [good0, same], scorer=Taster(evaluator(digits)))
+    gt = ladle.cook("greedy", [good0, same], scorer=Taster(evaluator(digits)), accept="gt")
     assert ge.manifest["weights"] == [0.5, 0.5]  # paper: not worse → kept
     assert gt.manifest["weights"] == [1.0, 0.0]  # official code: strictly better → rejected
     with pytest.raises(ladle.LadleError, match="accept"):
-        ladle.cook("greedy", [good0, same], evaluator=Taster(evaluator(digits)), accept="maybe")
+        ladle.cook("greedy", [good0, same], scorer=Taster(evaluator(digits)), accept="maybe")
 
 
 def test_greedy_with_replacement_gives_counts_as_weights(digits, ingredients):
     (good0, good1), harmful = ingredients
-    soup = ladle.cook("greedy", [good0, good1, harmful], evaluator=Taster(evaluator(digits)), with_replacement=True)
+    soup = ladle.cook("greedy", [good0, good1, harmful], scorer=Taster(evaluator(digits)), with_replacement=True)
     weights = soup.manifest["weights"]
     assert math.isclose(sum(weights), 1.0) and weights[2] == 0.0
     size = soup.manifest["trace"]["greedy"]["steps"][-1]["soup_size"]
@@ -85,9 +86,9 @@ def test_greedy_with_replacement_gives_counts_as_weights(digits, ingredients):
 def test_greedy_soup_is_cached_not_recomputed(digits, ingredients):
     (good0, good1), harmful = ingredients
     ev = evaluator(digits)
-    ladle.cook("greedy", [good0, good1, harmful], evaluator=Taster(ev))
+    ladle.cook("greedy", [good0, good1, harmful], scorer=Taster(ev))
     passes = ev.forward_passes
-    ladle.cook("greedy", [good0, good1, harmful], evaluator=Taster(ev))  # same names, same candidates: all cached
+    ladle.cook("greedy", [good0, good1, harmful], scorer=Taster(ev))  # same names, same candidates: all cached
     assert ev.forward_passes == passes
 
 
@@ -98,7 +99,7 @@ def test_learned_soup_recovers_the_known_best_mixture(digits, ingredients):
     noise = {k: torch.randn(v.shape, generator=g) * v.abs().mean() * 4 for k, v in good0.items()}
     a = {k: good0[k] + noise[k] for k in good0}
     b = {k: good0[k] - noise[k] for k in good0}
-    soup = ladle.cook("learned", [a, b], evaluator=Taster(evaluator(digits)), epochs=10, batch_size=50)
+    soup = ladle.cook("learned", [a, b], scorer=Taster(evaluator(digits)), epochs=10, batch_size=50)
     w = soup.manifest["weights"]
     assert abs(w[0] - 0.5) < 0.05 and math.isclose(sum(w), 1.0, rel_tol=1e-9)
     record = soup.manifest["trace"]["learned"]
@@ -110,7 +111,7 @@ def test_learned_soup_recovers_the_known_best_mixture(digits, ingredients):
 
 def test_learned_per_layer_has_weights_per_tensor(digits, ingredients):
     (good0, good1), harmful = ingredients
-    soup = ladle.cook("learned", [good0, good1, harmful], evaluator=Taster(evaluator(digits)), per="layer", epochs=2)
+    soup = ladle.cook("learned", [good0, good1, harmful], scorer=Taster(evaluator(digits)), per="layer", epochs=2)
     by_key = soup.manifest["trace"]["learned"]["weights"]
     assert set(by_key) == {"1.weight", "1.bias"}
     for w in by_key.values():
@@ -120,7 +121,7 @@ def test_learned_per_layer_has_weights_per_tensor(digits, ingredients):
 def test_learned_soup_keeps_ingredients_frozen(digits, ingredients):
     (good0, good1), _ = ingredients
     before = [{k: v.clone() for k, v in s.items()} for s in (good0, good1)]
-    ladle.cook("learned", [good0, good1], evaluator=Taster(evaluator(digits)), epochs=1)
+    ladle.cook("learned", [good0, good1], scorer=Taster(evaluator(digits)), epochs=1)
     for s, b in zip((good0, good1), before):
         assert all(torch.equal(s[k], b[k]) and not s[k].requires_grad for k in s)
 
@@ -128,7 +129,7 @@ def test_learned_soup_keeps_ingredients_frozen(digits, ingredients):
 def test_season_picks_the_best_grid_point_on_the_shots(digits, ingredients):
     (good0, _), harmful = ingredients
     taster = Taster(evaluator(digits), split="test")
-    soup = ladle.cook("season", [harmful, good0], evaluator=taster, shots=50, grid=4)
+    soup = ladle.cook("season", [harmful, good0], scorer=taster, shots=50, grid=4)
     record = soup.manifest["trace"]["season"]
     assert record["candidates"] == 5  # (0,1), (.25,.75), … (1,0)
     assert soup.manifest["weights"][1] >= 0.75

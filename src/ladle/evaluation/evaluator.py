@@ -7,8 +7,6 @@ recipe that asks for a score never rebuilds data and never re-runs an ingredient
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
@@ -19,9 +17,8 @@ from tqdm import tqdm
 
 from ladle.data.load import ImageSet
 from ladle.errors import LadleError
+from ladle.evaluation.tasting import BN_POLICIES
 from ladle.models.specs import load_weights
-
-BN_POLICIES = ("average", "recalibrate", "first")
 
 
 @dataclass(frozen=True)
@@ -211,88 +208,3 @@ def check_num_classes(model: nn.Module, data: ImageSet, sample: torch.Tensor | N
         out = out.logits if hasattr(out, "logits") else out
     if out.shape[-1] < data.num_classes or (out.shape[-1] != data.num_classes and int(data.y.max()) >= out.shape[-1]):
         raise LadleError(f"model has {out.shape[-1]} outputs but the data has {data.num_classes} classes (--num-classes)")
-
-
-def soup_gain(soup_accuracy: float, ingredient_accuracies: Iterable[float]) -> float:
-    """acc(soup) − max acc(ingredients)."""
-    best = max(ingredient_accuracies, default=math.nan)
-    return soup_accuracy - best
-
-
-class Taster:
-    """What an evaluation-driven recipe asks for: scores of ingredients and of candidate soups on one split.
-
-    `cook` binds it to the opened ingredients; candidate soups are mixed in memory by the same streaming
-    code that writes soups to disk, and their logits are cached by their weights.
-    """
-
-    def __init__(self, evaluator: Evaluator, split: str = "heldout", metric: str = "accuracy"):
-        if split not in evaluator.splits:
-            raise LadleError(f"data: no '{split}' split to taste on (have: {', '.join(evaluator.splits)})")
-        if metric not in ("accuracy", "nll"):
-            raise LadleError(f"metric: must be accuracy or nll, got '{metric}'")
-        self.evaluator = evaluator
-        self.split = split
-        self.metric = metric
-        self.ingredients = []
-        self.keys: list[str] = []
-        self.names: list[str] = []
-
-    def bind(self, ingredients, keys: list[str]) -> None:
-        self.ingredients, self.keys = list(ingredients), list(keys)
-        names = [i.name for i in self.ingredients]
-        # cache keys must tell apart the same file given twice
-        self.names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
-        self._group = hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:12]
-        own = set(self.evaluator.model.state_dict())
-        missing = sorted(own - set(keys))
-        if missing:
-            raise LadleError("does not fit the model: it needs this tensor (check --include/--exclude)",
-                             file=self.names[0], key=missing[0])
-
-    def data_record(self) -> dict:
-        """Where the scores come from, for the manifest: every split's source, indices and fingerprint."""
-        return {name: data.source for name, data in self.evaluator.splits.items()} | {"bn": self.evaluator.bn}
-
-    def ingredient_state(self, i: int) -> dict[str, torch.Tensor]:
-        ing = self.ingredients[i]
-        return {k: ing.get(k) for k in self.keys}
-
-    def soup_state(self, weights, by_key: dict | None = None) -> dict[str, torch.Tensor]:
-        from ladle.soup.cook import mix_stream
-        from ladle.soup.recipes import KeyedPlan
-
-        plan = KeyedPlan(list(weights), by_key=by_key or {})
-        return dict(mix_stream(plan, self.ingredients, self.keys))
-
-    def _value(self, m: Metrics) -> float:
-        return m.accuracy if self.metric == "accuracy" else -m.nll
-
-    def ingredient_metrics(self, i: int, split: str | None = None) -> Metrics:
-        state = None if (self.names[i], split or self.split) in self.evaluator.cache else self.ingredient_state(i)
-        return self.evaluator.score(self.names[i], state, split or self.split, first=state)
-
-    def score_ingredient(self, i: int) -> float:
-        return self._value(self.ingredient_metrics(i))
-
-    def soup_metrics(self, weights, split: str | None = None) -> Metrics:
-        name = f"soup of {self._group}[" + ",".join(f"{w:.6g}" for w in weights) + "]"
-        split = split or self.split
-        state = None if (name, split) in self.evaluator.cache else self.soup_state(weights)
-        first = self.ingredient_state(0) if self.evaluator.bn == "first" and state is not None else None
-        return self.evaluator.score(name, state, split, first=first)
-
-    def score_soup(self, weights) -> float:
-        return self._value(self.soup_metrics(weights))
-
-    def use_shots(self, shots: int, seed: int = 0) -> None:
-        """Taste on `shots` labelled examples drawn (stratified, seeded) from the current split: test-time search."""
-        from ladle.data.load import stratified_split
-
-        data = self.evaluator.splits[self.split]
-        if shots <= 0 or shots > len(data):
-            raise LadleError(f"shots: need between 1 and {len(data)} examples, got {shots}")
-        idx, _ = stratified_split(data.y.numpy(), [shots], seed)
-        name = f"{self.split}-{shots}-shots"
-        self.evaluator.add_split(name, data.subset(idx, name))
-        self.split = name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import inspect
 import platform
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ from ladle.io.checkpoints import DTYPE_NAMES, SAFETENSORS_DTYPES, Ingredient, Te
 from ladle.errors import LadleError
 from ladle.io.hashing import sha256_file
 from ladle.soup.recipes import BASE_NONE, BASE_REQUIRED, RECIPES
+from ladle.soup.options import OPTION_NAMES, cook_options
+from ladle.soup.stream import mix_stream
 from ladle.io.writer import SoupWriter, check_destination
 
-INT_POLICIES = ("first", "strict")
 ACCUMULATORS = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -52,38 +52,25 @@ def _versions() -> dict:
     return {"ladle": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def cook(
-    recipe: str,
-    ingredients: list,
-    *,
-    base=None,
-    out: str | Path | None = None,
-    force: bool = False,
-    include: list[str] | tuple = (),
-    exclude: list[str] | tuple = (),
-    accumulate: str = "float32",
-    dtype: str | torch.dtype | None = None,
-    int_policy: str = "first",
-    reject_nonfinite: bool = False,
-    max_shard_size: int | str = "5GB",
-    progress: bool = False,
-    **params,
-) -> Soup:
-    """Mix `ingredients` with `recipe`; write to `out` (atomically) or return the state dict if `out` is None."""
+def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progress: bool = False, scorer=None,
+         **params) -> Soup:
+    """Mix `ingredients` with `recipe`; write to `out` (atomically) or return the state dict if `out` is None.
+
+    `params` are the recipe's own (see `ladle recipes`); `scorer` is required by recipes that taste candidate
+    soups (greedy, learned, season: a ladle.evaluation.scorer.Taster). The options every recipe shares (base,
+    include, exclude, dtype, …) are declared once in ladle.soup.options."""
     if recipe not in RECIPES:
         raise LadleError(f"recipe: unknown recipe '{recipe}' (known: {', '.join(sorted(RECIPES))})")
     spec = RECIPES[recipe]
-    if accumulate not in ACCUMULATORS:
-        raise LadleError(f"accumulate: must be float32 or float64, got '{accumulate}'")
-    if int_policy not in INT_POLICIES:
-        raise LadleError(f"int_policy: must be one of {', '.join(INT_POLICIES)}, got '{int_policy}'")
-    unknown = sorted(set(params) - set(spec.parameters))
-    if unknown:
-        raise LadleError(f"{unknown[0]}: not a parameter of recipe '{recipe}' (it takes: {', '.join(spec.parameters) or 'none'})")
-    signature = inspect.signature(spec.make_plan).parameters
-    missing = [p for p in spec.parameters if p not in params and signature[p].default is inspect.Parameter.empty]
-    if missing:
-        raise LadleError(f"{missing[0]}: recipe '{recipe}' needs this parameter")
+    options = cook_options(**{k: params.pop(k) for k in list(params) if k in OPTION_NAMES})
+    base, force, include, exclude = options["base"], options["force"], options["include"], options["exclude"]
+    accumulate, dtype, int_policy = options["accumulate"], options["dtype"], options["int_policy"]
+    reject_nonfinite, max_shard_size = options["reject_nonfinite"], options["max_shard_size"]
+    params = spec.validate(params)
+    if spec.needs_scorer and scorer is None:
+        raise LadleError(f"recipe '{recipe}' tastes candidate soups: it needs a model and data (--model, --data)")
+    if scorer is not None and not spec.needs_scorer:
+        raise LadleError(f"recipe '{recipe}' does not evaluate anything; drop --model/--data")
     if not ingredients:
         raise LadleError("no ingredients given")
     if spec.base == BASE_REQUIRED and base is None:
@@ -107,9 +94,9 @@ def cook(
         raise LadleError(m.message + hint, file=m.file, key=m.key)
     if out is not None:
         check_destination(Path(out), force)  # before any (possibly long) tasting
-    if "evaluator" in params:  # evaluation-driven recipes score candidate soups of these ingredients
-        params["evaluator"].bind(ings, keys)
-    plan = spec.make_plan(len(ings), **params)
+    if scorer is not None:  # checks that every ingredient fits the model, then scores candidate soups of them
+        scorer.bind(ings, keys)
+    plan = spec.make_plan(len(ings), **params, **({"scorer": scorer} if scorer is not None else {}))
 
     out_infos = {}
     for k in keys:
@@ -148,55 +135,6 @@ def cook(
     return Soup(manifest, state if writer is None else None, Path(out) if out is not None else None, sha, notes)
 
 
-def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredient | None = None, *,
-               out_dtypes: dict[str, torch.dtype] | None = None, accumulate: torch.dtype = torch.float32,
-               int_policy: str = "first", reject_nonfinite: bool = False, int_disagreements: list[str] | None = None):
-    """Yield (key, mixed tensor) one key at a time: the heart of every soup, on disk or in memory."""
-    for key in keys:
-        dtype = out_dtypes[key] if out_dtypes else ings[0].info(key).dtype
-        if is_float(dtype):
-            base_t = base_ing.get(key) if base_ing else None
-            if base_t is not None:
-                _check_finite(base_t, base_ing, key, reject_nonfinite)
-            tensor = plan.mix(key, _reader(ings, key, reject_nonfinite), base_t, accumulate).to(dtype)
-        else:
-            tensor, agree = _integer_tensor(ings, key, int_policy)
-            if not agree and int_disagreements is not None:
-                int_disagreements.append(key)
-        for ing in ings + ([base_ing] if base_ing else []):
-            ing.release(key)
-        yield key, tensor
-
-
-def _check_finite(t: torch.Tensor, ing: Ingredient, key: str, reject: bool) -> None:
-    if reject and not torch.isfinite(t).all():
-        raise LadleError("holds NaN or Inf values (--reject-nonfinite)", file=ing.name, key=key)
-
-
-def _reader(ings: list[Ingredient], key: str, reject_nonfinite: bool):
-    """The plan asks for ingredient tensors by index; they are read one at a time, in order."""
-
-    def tensors(indices: list[int]):
-        for i in indices:
-            t = ings[i].get(key)
-            _check_finite(t, ings[i], key, reject_nonfinite)
-            yield t
-            ings[i].release(key)  # consumed: drop its pages, so one ingredient's tensor is resident, not N
-
-    return tensors
-
-
-def _integer_tensor(ings: list[Ingredient], key: str, policy: str) -> tuple[torch.Tensor, bool]:
-    """Integer tensors are never averaged: keep the first ingredient's, or insist that all agree."""
-    first = ings[0].get(key).clone()
-    for ing in ings[1:]:
-        if not torch.equal(first, ing.get(key)):
-            if policy == "strict":
-                raise LadleError(f"integer tensor differs from {ings[0].name} (--int-policy strict)", file=ing.name, key=key)
-            return first, False
-    return first, True
-
-
 def _describe_ingredient(ing: Ingredient, digests: dict[str, str]) -> dict:
     files = [{"path": str(f), "bytes": f.stat().st_size, "sha256": digests[str(f)]} for f in ing.files]
     entry = {"path": ing.name, "bytes": sum(f["bytes"] for f in files) if files else ing.nbytes, "files": files}
@@ -211,7 +149,7 @@ def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, excl
               int_policy, int_disagreements) -> dict:
     return {
         "recipe": recipe,
-        "parameters": {k: v for k, v in params.items() if k != "evaluator"},
+        "parameters": params,
         "ingredients": [_describe_ingredient(i, digests) for i in ings],
         "base": _describe_ingredient(base_ing, digests) if base_ing else None,
         "weights": plan.weights,

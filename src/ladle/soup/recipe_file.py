@@ -1,11 +1,13 @@
-"""YAML recipe files: the same fields as the command line, with errors that name the field and the line.
+"""YAML recipe files: the fields of `ladle cook`, read from the same declarations, with errors naming file and line.
 
     recipe: weighted
     ingredients: [a.safetensors, b.safetensors]
     weights: [0.3, 0.7]
     output: soup.safetensors
 
-Relative paths are resolved against the YAML file's folder.
+Fields: `recipe`, `ingredients`, `output`, the cook options (base, include, exclude, dtype, …), the recipe's own
+parameters, and, for recipes that taste candidate soups, the tasting options (model, data, bn, …). Relative
+paths are resolved against the YAML file's folder.
 """
 
 from __future__ import annotations
@@ -15,49 +17,28 @@ from pathlib import Path
 import yaml
 
 from ladle.errors import LadleError
-from ladle.soup.recipes import RECIPES
+from ladle.soup.schema import Param
 
-# field -> (accepted Python types, description for errors)
-FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "recipe": ((str,), "a recipe name"),
-    "ingredients": ((list,), "a list of paths"),
-    "base": ((str,), "a path"),
-    "output": ((str,), "a path"),
-    "force": ((bool,), "true or false"),
-    "include": ((list, str), "a glob or a list of globs"),
-    "exclude": ((list, str), "a glob or a list of globs"),
-    "accumulate": ((str,), "float32 or float64"),
-    "dtype": ((str,), "a dtype name"),
-    "int_policy": ((str,), "first or strict"),
-    "reject_nonfinite": ((bool,), "true or false"),
-    "max_shard_size": ((str, int), "a size such as 5GB"),
-    "weights": ((list,), "a list of numbers"),
-    "normalize": ((bool,), "true or false"),
-    "alpha": ((int, float), "a number"),
-    "accept": ((str,), "ge or gt"),
-    "with_replacement": ((bool,), "true or false"),
-    "per": ((str,), "model or layer"),
-    "epochs": ((int,), "an integer"),
-    "batch_size": ((int,), "an integer"),
-    "lr": ((int, float), "a number"),
-    "shots": ((int,), "an integer"),
-    "grid": ((int,), "an integer"),
-    "samples": ((int,), "an integer"),
-    "seed": ((int,), "an integer"),
-    "model": ((str,), "a model spec"),
-    "num_classes": ((int,), "an integer"),
-    "data": ((str, list), "a data spec or a list of them"),
-    "image_size": ((int,), "an integer"),
-    "bn": ((str,), "average, recalibrate or first"),
-    "bn_data": ((str,), "a data spec"),
-    "device": ((str,), "a device name"),
-}
-PATH_FIELDS = ("base", "output")
+PATH_FIELDS = ("base", "output", "bn_data")
 
 
-def load_recipe_file(path: str | Path) -> tuple[dict, dict[str, int]]:
-    """Parse and validate; return (fields ready for `cook`, line of each field)."""
-    path = Path(path)
+def cook_params() -> list[Param]:
+    """The options every recipe shares (ladle.soup.options)."""
+    from ladle.soup.options import COOK_OPTIONS
+
+    return COOK_OPTIONS
+
+
+def tasting_params() -> list[Param]:
+    """The options of recipes that taste candidate soups, declared by `make_scorer`'s signature."""
+    from ladle.evaluation.tasting import make_scorer
+    from ladle.soup.schema import params_of
+
+    return params_of(make_scorer, skip=("split", "progress"))[0]
+
+
+def read_yaml_mapping(path: Path) -> tuple[dict, dict[str, int]]:
+    """(mapping, line of each top-level field) of a YAML file; one-line errors naming the file and line."""
     try:
         text = path.read_text()
     except OSError as e:
@@ -70,40 +51,52 @@ def load_recipe_file(path: str | Path) -> tuple[dict, dict[str, int]]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise LadleError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict) or node is None:
-        raise LadleError(f"{path}: a recipe file must be a mapping of field: value")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
-    known = ", ".join(FIELDS)
-    for field, value in data.items():
-        where = f"{path}:{lines.get(field, '?')}"
-        if field not in FIELDS:
-            raise LadleError(f"{where}: unknown field '{field}' (known fields: {known})")
-        types, description = FIELDS[field]
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise LadleError(f"{where}: field '{field}' must be {description}, got {value!r}")
-        if field == "weights" and not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in value):
-            raise LadleError(f"{where}: field 'weights' must be a list of numbers, got {value!r}")
-        if field == "ingredients" and not all(isinstance(p, str) for p in value):
-            raise LadleError(f"{where}: field 'ingredients' must be a list of paths, got {value!r}")
+        raise LadleError(f"{path}: must be a mapping of field: value")
+    return data, {k.value: k.start_mark.line + 1 for k, _ in node.value}
+
+
+def load_recipe_file(path: str | Path) -> tuple[dict, dict[str, int]]:
+    """Parse and validate; return (fields by Python name, ready for `cook`, line of each field)."""
+    from ladle.soup.recipes import RECIPES
+
+    path = Path(path)
+    data, lines = read_yaml_mapping(path)
     for required in ("recipe", "ingredients"):
         if required not in data:
             raise LadleError(f"{path}: missing field '{required}'")
     name = data["recipe"]
     if name not in RECIPES:
         raise LadleError(f"{path}:{lines['recipe']}: field 'recipe': unknown recipe '{name}' (known: {', '.join(sorted(RECIPES))})")
-    recipe_params = set(RECIPES[name].parameters) | ({"seed"} if name in ("learned", "season") else set())
-    all_recipe_params = {p for r in RECIPES.values() for p in r.parameters}
-    for field in data:
-        if field in all_recipe_params and field not in recipe_params:
-            raise LadleError(f"{path}:{lines[field]}: field '{field}' is not used by recipe '{name}'")
-    root = path.parent
-    fields = dict(data)
-    fields["ingredients"] = [str(root / p) for p in data["ingredients"]]
-    for key in PATH_FIELDS:
-        if key in fields:
-            fields[key] = str(root / fields[key])
-    for key in ("include", "exclude"):
-        if isinstance(fields.get(key), str):
-            fields[key] = [fields[key]]
+    recipe = RECIPES[name]
+    params = cook_params() + recipe.parameters + (tasting_params() if recipe.needs_scorer else [])
+    by_field = {p.field: p for p in params}
+    all_recipe_fields = {p.field for r in RECIPES.values() for p in r.parameters} | {p.field for p in tasting_params()}
+    fields: dict = {}
+    for field, value in data.items():
+        where = f"{path}:{lines.get(field, '?')}"
+        if field in ("recipe",):
+            continue
+        if field == "ingredients":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise LadleError(f"{where}: field 'ingredients' must be a list of paths, got {value!r}")
+            fields["ingredients"] = [str(path.parent / v) for v in value]
+            continue
+        if field == "output":
+            if not isinstance(value, str):
+                raise LadleError(f"{where}: field 'output' must be a path, got {value!r}")
+            fields["output"] = str(path.parent / value)
+            continue
+        if field not in by_field:
+            if field in all_recipe_fields:
+                raise LadleError(f"{where}: field '{field}' is not used by recipe '{name}'")
+            known = ", ".join(["recipe", "ingredients", "output", *by_field])
+            raise LadleError(f"{where}: unknown field '{field}' (known fields: {known})")
+        p = by_field[field]
+        try:
+            value = p.check(value)
+        except LadleError as e:
+            raise LadleError(f"{where}: field {e}") from None
+        fields[p.name] = str(path.parent / value) if p.name in PATH_FIELDS and value is not None else value
     return fields, lines
 
 

@@ -22,10 +22,12 @@ from tqdm import tqdm
 from ladle.soup.cook import cook
 from ladle.shifts.corruptions import IMAGENET_C, CorruptionCache, SuiteSpec
 from ladle.data.load import load_data, stratified_split
-from ladle.evaluation.evaluator import Evaluator, Taster
+from ladle.evaluation.evaluator import Evaluator
+from ladle.evaluation.scorer import Taster
 from ladle.models.specs import BUILTIN_STOCK, model_spec
-from ladle.results.report import (format_trace, plot_accuracy_table, plot_corruption_heatmaps, plot_greedy, plot_interpolation,
-                     plot_severity_curves, strict_json)
+from ladle.results.text import format_trace, strict_json
+from ladle.results.plots import (plot_accuracy_table, plot_corruption_heatmaps, plot_greedy, plot_interpolation,
+                                 plot_severity_curves)
 from ladle.evaluation.robustness import ModelShift, ShiftReport
 from ladle.studies.taste import shifted_splits
 from ladle.training.finetune import sweep
@@ -60,9 +62,9 @@ def run_demo(folder: Path, runs: int = 8, seed: int = 0, quick: bool = False) ->
     soups_dir.mkdir(parents=True, exist_ok=True)
     made = {}
     made["uniform soup"] = cook("uniform", paths, out=soups_dir / "uniform.safetensors", force=True)
-    made["greedy soup"] = cook("greedy", paths, evaluator=Taster(ev, "heldout"), out=soups_dir / "greedy.safetensors", force=True)
+    made["greedy soup"] = cook("greedy", paths, scorer=Taster(ev, "heldout"), out=soups_dir / "greedy.safetensors", force=True)
     print(format_trace(made["greedy soup"].manifest["trace"]))
-    made["learned soup (per layer)"] = cook("learned", paths, evaluator=Taster(ev, "heldout"), per="layer",
+    made["learned soup (per layer)"] = cook("learned", paths, scorer=Taster(ev, "heldout"), per="layer",
                                             epochs=3 if quick else 5, out=soups_dir / "learned.safetensors", force=True)
     for name, soup in made.items():
         states[name] = open_ingredient(soup.path).state_dict()

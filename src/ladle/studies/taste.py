@@ -13,11 +13,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ladle.errors import LadleError
 from ladle.io.checkpoints import open_ingredient
 from ladle.shifts.corruptions import CorruptionCache, SuiteSpec, corrupted_sets, resize_note
 from ladle.data.load import ImageSet
 from ladle.evaluation.evaluator import BN_POLICIES, Evaluator, Metrics, check_num_classes
 from ladle.models.specs import ModelSpec
+from ladle.shifts.build import parallel_options
 from ladle.evaluation.robustness import ModelShift, ShiftReport, alexnet_baseline
 
 
@@ -85,7 +87,7 @@ def is_soup(path) -> bool:
 def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: str | list[str] = "average",
           bn_data: ImageSet | None = None, uniform: bool = True, device="cpu", batch_size: int = 256,
           progress: bool = False, corruptions: list[SuiteSpec] = (), corruption_seed: int = 0,
-          cache: CorruptionCache | None = None, mce_baseline: str = "best", workers: int = 1) -> TasteReport:
+          cache: CorruptionCache | None = None, mce_baseline: str = "best", executor=None, store=None) -> TasteReport:
     """Evaluate checkpoints, the uniform soup of the ingredients and their ensemble on every split,
     and on the corrupted copies of every split that the corruption suites make."""
     from ladle.soup.cook import cook
@@ -98,7 +100,7 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
     first_split = next(iter(data.values()))
     check_num_classes(model, first_split, ((first_split.x[:1] - 0.5) / 0.5))
     shifted, grids = shifted_splits(data, corruptions, seed=corruption_seed, cache=cache, progress=progress,
-                                    workers=workers)
+                                    executor=executor)
     every = dict(data) | shifted
     evaluators = {p: Evaluator(model, every, mean=spec.mean, std=spec.std, device=device, batch_size=batch_size, bn=p,
                                bn_data=bn_data, progress=progress) for p in policies}
@@ -138,7 +140,7 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
 
 
 def shifted_splits(data: dict[str, ImageSet], corruptions: list[SuiteSpec], *, seed: int = 0,
-                   cache: CorruptionCache | None = None, progress: bool = False, workers: int = 1):
+                   cache: CorruptionCache | None = None, progress: bool = False, executor=None):
     """Corrupted copies of every split, named `SPLIT ~ FAMILY/CORRUPTION/SEVERITY`, and, per (split, suite),
     the map from each (corruption, severity) cell to its split name."""
     shifted, grids = {}, {}
@@ -146,7 +148,7 @@ def shifted_splits(data: dict[str, ImageSet], corruptions: list[SuiteSpec], *, s
         for spec in corruptions:
             cells = {}
             for (name, severity), part in corrupted_sets(clean_data, spec, seed=seed, cache=cache, progress=progress,
-                                                           workers=workers).items():
+                                                           **parallel_options(executor)).items():
                 split = f"{clean} ~ {spec.family}/{name}/{severity}"
                 shifted[split], cells[(name, severity)] = part, split
             grids[(clean, spec.suite)] = cells
@@ -157,7 +159,8 @@ def write_report(report: TasteReport, folder: Path) -> None:
     """JSON and markdown of a taste report; per corruption suite, CSVs, a heatmap per model and severity curves."""
     import re
 
-    from ladle.results.report import plot_corruption_heatmaps, plot_severity_curves, strict_json
+    from ladle.results.plots import plot_corruption_heatmaps, plot_severity_curves
+    from ladle.results.text import strict_json
     from ladle.io.writer import write_text_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,3 +174,34 @@ def write_report(report: TasteReport, folder: Path) -> None:
         write_text_atomic(folder / f"{stem}.json", strict_json(shift.to_dict()) + "\n")
         plot_corruption_heatmaps(shift.models, folder / f"{stem}-heatmaps.png", f"{shift.suite} on {shift.data}")
         plot_severity_curves(shift, folder / f"{stem}-severity.png")
+
+
+def taste_specs(checkpoints: list, *, model: str, data: list[str], num_classes: int | None = None, image_size: int = 64,
+                bn: str = "average", bn_data: str | None = None, device: str | None = None, eval_batch_size: int = 256,
+                seed: int = 0, uniform: bool = True, corruptions: list[str] = (), severities: str = "1-5",
+                corruption_seed: int = 0, corruption_cache: str | None = None, mce_baseline: str = "best",
+                executor=None, store=None, progress: bool = False) -> TasteReport:
+    """`taste` from specs (what `ladle taste` calls): data and model built once, corruption suites parsed."""
+    from ladle.data import load_data, parse_spec
+    from ladle.evaluation.tasting import default_device, load_splits
+    from ladle.models import model_spec
+    from ladle.shifts.corruptions import default_cache_dir, parse_severities, parse_suite
+
+    if not model:
+        raise LadleError("taste: --model is required")
+    if not data:
+        raise LadleError("taste: --data is required")
+    parsed = parse_severities(severities)
+    suites = [parse_suite(text, parsed) for text in corruptions or ()]
+    splits = load_splits(data, "test", image_size, seed)
+    bn_set = None
+    if bn in ("recalibrate", "all"):
+        bn_set = load_data(bn_data or f"{parse_spec(data[0])[0]}:train", image_size=image_size, seed=seed)
+    spec = model_spec(model, num_classes or next(iter(splits.values())).num_classes)
+    cache = CorruptionCache(Path(corruption_cache) if corruption_cache else default_cache_dir())
+    report = taste(checkpoints, spec, splits, bn=bn, bn_data=bn_set, uniform=uniform, device=device or default_device(),
+                   batch_size=eval_batch_size, progress=progress, corruptions=suites, corruption_seed=corruption_seed,
+                   cache=cache, mce_baseline=mce_baseline, executor=executor, store=store)
+    if cache.damaged:
+        report.notes.append(f"rebuilt {len(cache.damaged)} damaged corrupted set(s) in {cache.folder}")
+    return report

@@ -1,19 +1,18 @@
 """The recipe registry. A recipe is one file with one `@recipe(...)` line; this module imports them all.
 
-A recipe turns its parameters into a `Plan`: the rule that mixes the N tensors stored under one key.
-Evaluation-driven recipes (greedy, learned, seasoning) take an `evaluator` parameter and ask it for
-scores before returning their plan.
+A recipe is a function `(n, **params) -> plan`, where a plan mixes the N tensors stored under one key
+(`Plan`: fixed weights; or any object with `mix(key, tensors, base, accumulate)`, `weights`, `base_weight`,
+`notes` and `trace()`). Its typed signature is its only declaration (see ladle.soup.schema): CLI flags, YAML
+fields, `ladle recipes` and validation are read from it. A recipe that needs scores declares a
+`scorer: Scorer` parameter. Recipe modules import torch inside their functions, so listing recipes is fast.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import torch
-
-from ladle.soup import mixing
+from ladle.soup.schema import Param, params_of, validate
 
 BASE_NONE, BASE_REQUIRED, BASE_OPTIONAL = "none", "required", "optional"
 
@@ -27,7 +26,11 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     record: dict = field(default_factory=dict)  # for the manifest's trace (e.g. greedy's decisions)
 
-    def mix(self, key: str, tensors: Callable[[list[int]], Iterable[torch.Tensor]], base, accumulate) -> torch.Tensor:
+    def mix(self, key: str, tensors: Callable[[list[int]], Iterable], base, accumulate):
+        import torch
+
+        from ladle.soup import mixing
+
         used = [i for i, w in enumerate(self.weights) if w != 0.0]  # zero weight: never read
         stream = iter(tensors(used))
         weights = [self.weights[i] for i in used]
@@ -63,21 +66,29 @@ class Recipe:
     base: str
     summary: str
     reference: str
+    parameters: list[Param]
+    capabilities: dict[str, object]  # e.g. {"scorer": Scorer}: what the caller must provide
+    scores_on: str  # the split a scorer tastes on by default (held-out; season: the target's test split)
 
     @property
-    def parameters(self) -> list[str]:
-        return [p for p in inspect.signature(self.make_plan).parameters if p != "n"]
+    def needs_scorer(self) -> bool:
+        return "scorer" in self.capabilities
+
+    def validate(self, values: dict, where: str = "") -> dict:
+        """Parameters checked against the signature and converted; one line naming the first bad one."""
+        return validate(self.parameters, values, f"recipe '{self.name}'", where)
 
 
 RECIPES: dict[str, Recipe] = {}
 
 
-def recipe(name: str, *, base: str = BASE_NONE, reference: str = ""):
-    """Register `fn(n, **params) -> Plan` under `name`."""
+def recipe(name: str, *, base: str = BASE_NONE, reference: str = "", scores_on: str = "heldout"):
+    """Register `fn(n, **params) -> plan` under `name`; its signature declares its parameters."""
 
     def register(fn):
         summary = (fn.__doc__ or "").strip().splitlines()[0]
-        RECIPES[name] = Recipe(name, fn, base, summary, reference)
+        params, capabilities = params_of(fn)
+        RECIPES[name] = Recipe(name, fn, base, summary, reference, params, capabilities, scores_on)
         return fn
 
     return register

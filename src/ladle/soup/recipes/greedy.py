@@ -1,48 +1,56 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
 from ladle.errors import LadleError
 from ladle.soup.recipes import Plan, recipe
+from ladle.soup.scoring import Scorer
 
 ACCEPT_RULES = {"ge": lambda new, best: new >= best, "gt": lambda new, best: new > best}
 
 
 @recipe("greedy", reference="Wortsman et al. 2022, Model soups, Recipe 1 (arXiv:2203.05482)")
-def greedy(n: int, evaluator, accept: str = "ge", with_replacement: bool = False, max_passes: int = 5) -> Plan:
+def greedy(n: int, scorer: Scorer,
+           accept: Annotated[Literal["ge", "gt"], "keep a candidate if the soup is not worse (ge, paper) or better (gt, official code)"] = "ge",
+           with_replacement: Annotated[bool, "candidates may be added again (non-uniform weights)"] = False,
+           max_passes: Annotated[int, "with replacement: passes over the candidates at most"] = 5) -> Plan:
     """Greedy soup: rank by held-out accuracy, start from the best, add each next one if the soup is not worse."""
-    if accept not in ACCEPT_RULES:
-        raise LadleError(f"accept: must be 'ge' (paper: not worse) or 'gt' (official code: better), got '{accept}'")
+    if max_passes < 1:
+        raise LadleError(f"max_passes: must be at least 1, got {max_passes}")
     rule = ACCEPT_RULES[accept]
-    scores = [evaluator.score_ingredient(i) for i in range(n)]
+    scores = [scorer.score_ingredient(i) for i in range(n)]
     ranked = sorted(range(n), key=lambda i: -scores[i])  # stable: ties keep ingredient order
     counts = [0] * n
     counts[ranked[0]] = 1
     best = scores[ranked[0]]
-    trace = [_step(evaluator, ranked[0], scores[ranked[0]], scores[ranked[0]], True, 1, counts)]
+    trace = [_step(scorer, ranked[0], scores[ranked[0]], scores[ranked[0]], True, 1, counts)]
     for i in ranked[1:]:
         counts[i] += 1
-        score = evaluator.score_soup(_weights(counts))
+        score = scorer.score_soup(_weights(counts))
         accepted = rule(score, best)
         if accepted:
             best = score
         else:
             counts[i] -= 1
-        trace.append(_step(evaluator, i, scores[i], score, accepted, 1, counts))
+        trace.append(_step(scorer, i, scores[i], score, accepted, 1, counts))
     passes = 1
     while with_replacement and passes < max_passes:
         passes += 1
         added = False
         for i in ranked:  # later passes must strictly improve, so the loop ends
             counts[i] += 1
-            score = evaluator.score_soup(_weights(counts))
+            score = scorer.score_soup(_weights(counts))
             accepted = score > best
             if accepted:
                 best, added = score, True
             else:
                 counts[i] -= 1
-            trace.append(_step(evaluator, i, scores[i], score, accepted, passes, counts))
+            trace.append(_step(scorer, i, scores[i], score, accepted, passes, counts))
         if not added:
             break
     return Plan(_weights(counts), record={"greedy": {
-        "accept": accept, "with_replacement": with_replacement, "metric": evaluator.metric, "split": evaluator.split,
-        "ingredient_scores": scores, "data": evaluator.data_record(), "steps": trace, "final_score": best}})
+        "accept": accept, "with_replacement": with_replacement, "metric": scorer.metric, "split": scorer.split,
+        "ingredient_scores": scores, "data": scorer.data_record(), "steps": trace, "final_score": best}})
 
 
 def _weights(counts: list[int]) -> list[float]:
@@ -50,6 +58,6 @@ def _weights(counts: list[int]) -> list[float]:
     return [c / total for c in counts]
 
 
-def _step(evaluator, i, own, soup, accepted, pass_no, counts) -> dict:
-    return {"pass": pass_no, "candidate": evaluator.names[i], "index": i, "ingredient_score": own,
+def _step(scorer, i, own, soup, accepted, pass_no, counts) -> dict:
+    return {"pass": pass_no, "candidate": scorer.names[i], "index": i, "ingredient_score": own,
             "soup_score": soup, "accepted": accepted, "soup_size": sum(counts)}

@@ -1,48 +1,50 @@
-import torch
-import torch.nn.functional as F
-from torch.func import functional_call
-from tqdm import tqdm
+from __future__ import annotations
+
+from typing import Annotated, Literal
 
 from ladle.errors import LadleError
 from ladle.soup.recipes import KeyedPlan, recipe
+from ladle.soup.scoring import Scorer
 
 
 @recipe("learned", reference="Wortsman et al. 2022, Model soups, learned soup (arXiv:2203.05482)")
-def learned(n: int, evaluator, per: str = "model", epochs: int = 5, batch_size: int = 64, lr: float = 0.05,
-            seed: int = 0) -> KeyedPlan:
+def learned(n: int, scorer: Scorer,
+            per: Annotated[Literal["model", "layer"], "one mixing weight per model or per tensor"] = "model",
+            epochs: Annotated[int, "epochs over the held-out data"] = 5,
+            batch_size: Annotated[int, "examples per step"] = 64,
+            lr: Annotated[float, "AdamW learning rate of the mixing weights and the temperature"] = 0.05,
+            seed: Annotated[int, "seed of the batch order"] = 0) -> KeyedPlan:
     """Learned soup: mixing weights (softmax, per model or per tensor) and a logit temperature, fit on held-out data."""
-    if per not in ("model", "layer"):
-        raise LadleError(f"per: must be 'model' or 'layer', got '{per}'")
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from ladle.soup.frozen_mix import frozen_weighted_sum
+
     if epochs < 1 or batch_size < 1:
-        raise LadleError("epochs and batch_size must be at least 1")
-    ev = evaluator.evaluator
-    model = ev.model.eval()
-    param_keys = [k for k, p in model.named_parameters() if p.is_floating_point()]
+        raise LadleError(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
+    param_keys = scorer.parameter_keys()
     # Ingredients stay frozen and shared (lazy views, no copies, no gradients); only alpha and beta learn.
-    states = [evaluator.ingredient_state(i) for i in range(n)]
+    states = [{k: v.to(scorer.device) for k, v in scorer.ingredient_state(i).items() if k in set(param_keys)}
+              for i in range(n)]
     alpha = torch.zeros((len(param_keys) if per == "layer" else 1, n), requires_grad=True)
     beta = torch.ones((), requires_grad=True)  # temperature on the logits
     optimizer = torch.optim.AdamW([alpha, beta], lr=lr, weight_decay=0.0)
-    uniform = [1.0 / n] * n
-    buffers = {k: v.to(ev.device) for k, v in evaluator.soup_state(uniform).items() if k not in set(param_keys)}
-    device_states = [{k: s[k].to(ev.device) for k in param_keys} for s in states]
-    x, y = ev.inputs(evaluator.split), ev.labels(evaluator.split)
+    buffers = {k: v.to(scorer.device) for k, v in scorer.soup_state([1.0 / n] * n).items() if k not in set(param_keys)}
     generator = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in tqdm(range(epochs), desc=f"learned soup (per {per})", leave=False, disable=not ev.progress):
-        order = torch.randperm(len(y), generator=generator)
-        total = 0.0
-        for start in range(0, len(y), batch_size):
-            idx = order[start : start + batch_size]
-            w = alpha.softmax(-1).to(ev.device)
-            params = {k: _mix([s[k] for s in device_states], w[j if per == "layer" else 0]) for j, k in enumerate(param_keys)}
-            logits = functional_call(model, {**params, **buffers}, (x[idx].to(ev.device),))
-            loss = F.cross_entropy(beta * logits, y[idx].to(ev.device))
+    for _ in tqdm(range(epochs), desc=f"learned soup (per {per})", leave=False, disable=not scorer.progress):
+        total, count = 0.0, 0
+        for x, y in scorer.batches(batch_size, generator):
+            w = alpha.softmax(-1).to(scorer.device)
+            params = {k: frozen_weighted_sum([s[k] for s in states], w[j if per == "layer" else 0])
+                      for j, k in enumerate(param_keys)}
+            loss = F.cross_entropy(beta * scorer.forward({**params, **buffers}, x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(y))
+            total, count = total + loss.item() * len(y), count + len(y)
+        losses.append(total / count)
     weights = alpha.detach().double().softmax(-1)
     per_model = weights.mean(0).tolist()
     by_key = {}
@@ -54,32 +56,6 @@ def learned(n: int, evaluator, per: str = "model", epochs: int = 5, batch_size: 
             if owner is not None:
                 by_key[k] = by_key[owner]
     record = {"learned": {"per": per, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                          "split": evaluator.split, "data": evaluator.data_record(), "temperature": beta.item(), "loss_per_epoch": losses,
-                          "weights": per_model if per == "model" else by_key}}
+                          "split": scorer.split, "data": scorer.data_record(), "temperature": beta.item(),
+                          "loss_per_epoch": losses, "weights": per_model if per == "model" else by_key}}
     return KeyedPlan(per_model, by_key=by_key, record=record)
-
-
-class _FrozenMix(torch.autograd.Function):
-    """Σ wᵢ·θᵢ with gradients for w only: ∂L/∂wᵢ = ⟨∂L/∂out, θᵢ⟩.
-
-    Autograd's own graph of products would keep model-sized temporaries per ingredient; this keeps
-    references to the frozen θᵢ and allocates one output, so memory stays near (N + 2) × one model.
-    """
-
-    @staticmethod
-    def forward(ctx, w, *tensors):
-        ctx.tensors = tensors  # frozen ingredients: references, never copies
-        out = tensors[0].to(torch.promote_types(tensors[0].dtype, w.dtype), copy=True).mul_(float(w[0]))
-        for t, wi in zip(tensors[1:], w[1:].tolist()):
-            out.add_(t, alpha=wi)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        g = grad.reshape(-1)
-        grad_w = torch.stack([torch.dot(g, t.reshape(-1).to(g.dtype)) for t in ctx.tensors])
-        return (grad_w, *([None] * len(ctx.tensors)))
-
-
-def _mix(tensors, w):
-    return _FrozenMix.apply(w, *tensors)

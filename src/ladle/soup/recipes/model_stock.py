@@ -1,5 +1,6 @@
+from __future__ import annotations
+
 from ladle.errors import LadleError
-from ladle.soup.mixing import model_stock_mix
 from ladle.soup.recipes import BASE_REQUIRED, recipe
 
 
@@ -13,6 +14,8 @@ class ModelStockPlan:
         self.ratios: dict[str, dict[str, float]] = {}
 
     def mix(self, key, tensors, base, accumulate):
+        from ladle.soup.mixing import model_stock_mix
+
         merged, t, cos = model_stock_mix(tensors(list(range(len(self.weights)))), base, accumulate)
         self.ratios[key] = {"t": round(t, 6), "cos": round(cos, 6)}
         return merged

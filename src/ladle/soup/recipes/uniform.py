@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from ladle.soup.recipes import Plan, recipe
 
 

@@ -1,56 +1,22 @@
-"""Tables and plots: what people would rather see than read."""
+"""Plots: what people would rather see than read. matplotlib is imported on first use (files only, no screen)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")  # files only, no screen
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def strict_json(obj) -> str:
-    """Strict JSON (RFC 8259): NaN and ±Inf, which non-finite ingredients or empty cells produce, become null."""
-    import json
-    import math
-
-    def clean(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
-
-    return json.dumps(clean(obj), indent=2, allow_nan=False, default=str)
-
-
-def format_trace(trace: dict) -> str:
-    """The decision trace of an evaluation-driven recipe as a table ('' for recipes without one)."""
-    lines = []
-    if "greedy" in trace:
-        g = trace["greedy"]
-        lines.append(f"greedy soup ({g['metric']} on {g['split']}, accept if {'not worse' if g['accept'] == 'ge' else 'better'})")
-        lines.append(f"{'pass':>4}  {'candidate':<40}{'own':>8}{'soup':>8}  accepted  size")
-        for s in g["steps"]:
-            name = s["candidate"] if len(s["candidate"]) <= 39 else "…" + s["candidate"][-38:]
-            lines.append(f"{s['pass']:>4}  {name:<40}{100 * s['ingredient_score']:>8.2f}{100 * s['soup_score']:>8.2f}  "
-                         f"{'yes' if s['accepted'] else 'no':<8}  {s['soup_size']:>4}")
-    if "learned" in trace:
-        learned = trace["learned"]
-        lines.append(f"learned soup (per {learned['per']}): temperature {learned['temperature']:.3f}, "
-                     f"loss per epoch {', '.join(f'{x:.4f}' for x in learned['loss_per_epoch'])}")
-    if "season" in trace:
-        chosen = trace["season"]["chosen"]
-        lines.append(f"seasoning: {trace['season']['candidates']} candidates ({trace['season']['search']}) on "
-                     f"{trace['season']['shots']} shots; chosen accuracy {100 * chosen['accuracy']:.2f}%")
-    return "\n".join(lines)
+    return plt
 
 
 def plot_greedy(trace: dict, path: Path) -> None:
     """Soup score after each candidate, accepted ones marked: how the greedy soup grew."""
+    plt = _pyplot()
     steps = trace["greedy"]["steps"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = range(len(steps))
@@ -68,6 +34,7 @@ def plot_greedy(trace: dict, path: Path) -> None:
 
 def plot_interpolation(alphas: list[float], curves: dict[str, list[float]], path: Path, title: str) -> None:
     """Accuracy along the straight line between two ingredients (α = 0: the first, α = 1: the second)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, values in curves.items():
         ax.plot(alphas, [100 * v for v in values], "o-", label=name)
@@ -80,6 +47,7 @@ def plot_interpolation(alphas: list[float], curves: dict[str, list[float]], path
 
 def plot_accuracy_table(rows: list[tuple[str, dict[str, float]]], path: Path) -> None:
     """Grouped bars: each model on each split."""
+    plt = _pyplot()
     splits = list(rows[0][1])
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(rows), 3.8))
     width = 0.8 / len(splits)
@@ -97,6 +65,7 @@ def plot_accuracy_table(rows: list[tuple[str, dict[str, float]]], path: Path) ->
 
 def plot_corruption_heatmaps(models, path: Path, title: str) -> None:
     """One corruption × severity accuracy heatmap per model, on one colour scale."""
+    plt = _pyplot()
     import math
 
     import numpy as np
@@ -132,6 +101,7 @@ def plot_severity_curves(report, path: Path, highlight: dict[str, str] | None = 
 
     `highlight` maps labels to model names to draw in colour; the other ingredients are thin grey lines.
     """
+    plt = _pyplot()
     severities = sorted({s for _, s in report.cells()})
 
     def curve(m):
@@ -160,6 +130,7 @@ def plot_severity_curves(report, path: Path, highlight: dict[str, str] | None = 
 
 
 def _save(fig, path: Path, tight: bool = True) -> None:
+    plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()

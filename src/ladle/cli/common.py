@@ -1,0 +1,102 @@
+"""What the command modules share: flags generated from declared parameters, JSON output, progress, exit codes.
+
+Nothing here imports torch: `ladle --help` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors are bad input like any other: one line on stderr, exit 2 (raised, so main prints it)."""
+
+    def error(self, message: str):
+        from ladle.errors import LadleError
+
+        if message.startswith("argument RECIPE|FILE.yaml: invalid choice: "):  # `ladle cook NAME`
+            from ladle.soup.recipes import RECIPES
+
+            name = message.split("invalid choice: ", 1)[1].split(" (choose", 1)[0].strip("'")
+            raise LadleError(f"recipe: unknown recipe '{name}' (known: {', '.join(sorted(RECIPES))}, or a FILE.yaml)")
+        raise LadleError(f"{self.prog}: {message}")
+
+
+def floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def add_params(parser: argparse.ArgumentParser, params, skip: tuple[str, ...] = ()) -> None:
+    """One flag per declared parameter (ladle.soup.schema.Param); unset flags stay None (the signature's default)."""
+    for p in params:
+        if p.name in skip:
+            continue
+        default = "" if p.required else f" (default {_show(p.default)})"
+        kwargs = {"dest": p.name, "default": None, "help": p.help + default}
+        if p.type is bool:
+            if p.default is True:
+                parser.add_argument("--no-" + p.flag[2:], action="store_false", **kwargs)
+            else:
+                parser.add_argument(p.flag, action="store_true", **kwargs)
+            continue
+        if isinstance(p.type, tuple):
+            kwargs["choices"] = list(p.type)
+        elif p.type == list[float]:
+            kwargs.update(type=floats, metavar="X,Y,…")
+        elif p.type == list[str]:
+            kwargs.update(action="append", metavar=p.field.upper().rstrip("S") or "VALUE")
+        else:
+            kwargs["type"] = str if isinstance(p.type, type) and issubclass(p.type, str) else p.type
+        parser.add_argument(p.flag, **kwargs)
+
+
+def _show(value) -> str:
+    if isinstance(value, (list, tuple)) and not value:
+        return "none"
+    return str(value)
+
+
+def given(args: argparse.Namespace, params) -> dict:
+    """The declared parameters the user set on the command line (None: not given)."""
+    return {p.name: getattr(args, p.name) for p in params if getattr(args, p.name, None) is not None}
+
+
+def corruption_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
+    p.add_argument("--severities", default="1-5", metavar="1-5|1,3,5", help="severities (intensities) to build (default 1-5)")
+    p.add_argument("--corruption-seed", dest="corruption_seed", type=int, default=0, help="seed of the corruptions (default 0)")
+    executor_option(p, "builds missing corrupted sets")
+    if cache:
+        p.add_argument("--corruption-cache", dest="corruption_cache", metavar="DIR",
+                       help="where corrupted sets are kept and reused (default $LADLE_CACHE_DIR or ~/.cache/ladle)")
+
+
+def executor_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--executor", default=None, metavar="local[:N]|ray[:HOST:PORT]",
+                   help=f"where the work that {what} runs: local processes (default, one per core: "
+                        f"{os.cpu_count() or 1} here) or Ray (a local instance, or an existing cluster's address)")
+
+
+def db_option(p: argparse.ArgumentParser, default_help: str) -> None:
+    p.add_argument("--db", metavar="FILE.sqlite", help=f"the results store (embedded SQLite; {default_help})")
+
+
+def print_json(obj) -> None:
+    from ladle.results.text import strict_json
+
+    print(strict_json(obj))
+
+
+def show_progress(args) -> bool:
+    """Progress bars only for a person at a terminal: piped or logged, stderr stays one line per error."""
+    return not getattr(args, "json", False) and sys.stderr.isatty()
+
+
+def note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)

@@ -1,0 +1,32 @@
+"""`ladle recipes`: every recipe, every parameter with its type, default and one line of help."""
+
+from __future__ import annotations
+
+from ladle.cli.common import print_json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("recipes", help="list the recipes and their parameters")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+
+
+def run(args) -> int:
+    from ladle.soup.recipes import RECIPES
+
+    if args.json:
+        print_json([{"name": r.name, "summary": r.summary, "reference": r.reference, "base": r.base,
+                     "tastes": r.needs_scorer,
+                     "parameters": [{"name": p.field, "flag": p.flag, "type": p.type_name,
+                                     "default": None if p.required else p.default, "required": p.required,
+                                     "help": p.help} for p in r.parameters]} for r in RECIPES.values()])
+        return 0
+    for r in RECIPES.values():
+        needs = {"required": "needs --base", "optional": "--base optional"}.get(r.base)
+        needs = ", ".join(x for x in (needs, "tastes candidate soups: --model, --data" if r.needs_scorer else None) if x)
+        print(f"{r.name}: {r.summary}" + (f" [{needs}]" if needs else ""))
+        print(f"    {r.reference}")
+        for p in r.parameters:
+            print(f"    {p.describe()}")
+    print("\nevery recipe also takes: -o PATH, --include/--exclude GLOB, --dtype, --accumulate, --int-policy, "
+          "--reject-nonfinite, --max-shard-size, --force (`ladle cook RECIPE --help`)")
+    return 0

@@ -1,0 +1,63 @@
+"""`ladle taste CKPT… --model M --data D`: soups beside their ingredients, the best single one and the ensemble."""
+
+from __future__ import annotations
+
+from ladle.cli.common import add_params, corruption_options, db_option, given, note, print_json, show_progress
+
+
+def add_parser(sub) -> None:
+    from ladle.evaluation.tasting import make_scorer
+    from ladle.soup.schema import params_of
+
+    p = sub.add_parser("taste", help="evaluate soups beside their ingredients, the best single one and the ensemble")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    tasting = [q for q in params_of(make_scorer, skip=("split", "progress"))[0] if q.name != "bn"]
+    add_params(p, tasting)
+    p.add_argument("--bn", choices=["average", "recalibrate", "first", "all"], default="average",
+                   help="BatchNorm statistics of soups: averaged (default), recomputed on --bn-data, the first "
+                        "ingredient's, or all three side by side")
+    p.add_argument("--no-uniform", dest="uniform", action="store_false", help="do not add the uniform soup of the ingredients")
+    corruption_options(p)
+    p.add_argument("--corruptions", action="append", metavar="SUITE[:NAME,…]",
+                   help="also taste on corrupted copies of every split: imagenet-c, imagenet-c-extra, imagenet-c-all, "
+                        "laion-c; optionally only some corruptions (repeatable)")
+    p.add_argument("--mce-baseline", dest="mce_baseline", default="best", metavar="best|alexnet|CKPT",
+                   help="mCE relative to the best ingredient (default), AlexNet's published ImageNet-C errors, or a checkpoint")
+    p.add_argument("--report", metavar="DIR", help="write taste.json, taste.md and, with --corruptions, CSVs and plots here")
+    db_option(p, "default: REPORT/results.sqlite with --report, else none; evaluations found there are not recomputed")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ladle.evaluation.tasting import make_scorer
+    from ladle.soup.schema import params_of
+    from ladle.studies.taste import taste_specs, write_report
+
+    tasting = [q for q in params_of(make_scorer, skip=("split", "progress"))[0] if q.name != "bn"]
+    db = args.db or (Path(args.report) / "results.sqlite" if args.report else None)
+    store = None
+    if db:
+        from ladle.results.store import ResultStore
+
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
+        store = ResultStore(db)
+    try:
+        report = taste_specs(args.checkpoints, **given(args, tasting), bn=args.bn, uniform=args.uniform,
+                             corruptions=args.corruptions or (), severities=args.severities,
+                             corruption_seed=args.corruption_seed, corruption_cache=args.corruption_cache,
+                             mce_baseline=args.mce_baseline, executor=args.executor, store=store,
+                             progress=show_progress(args))
+    finally:
+        if store is not None:
+            store.close()
+    for text in report.notes:
+        note(text)
+    if args.report:
+        write_report(report, Path(args.report))
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(report.format())
+    return 0

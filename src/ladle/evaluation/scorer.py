@@ -1,0 +1,126 @@
+"""The scorer evaluation-driven recipes ask (ladle.soup.scoring.Scorer), and how to build one from specs.
+
+`cook` binds it to the opened ingredients, which checks that every ingredient fits the model (keys and shapes,
+naming the file and the tensor) before any scoring; candidate soups are mixed in memory by the same streaming
+code that writes soups to disk, and their logits are cached by their weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import torch
+from torch.func import functional_call
+
+from ladle.errors import LadleError
+from ladle.evaluation.evaluator import Evaluator, Metrics, channels_last
+from ladle.soup.stream import mix_stream
+
+
+class Taster:
+    """Scores of ingredients and candidate soups on one split of an Evaluator."""
+
+    def __init__(self, evaluator: Evaluator, split: str = "heldout", metric: str = "accuracy"):
+        if split not in evaluator.splits:
+            raise LadleError(f"data: no '{split}' split to taste on (have: {', '.join(evaluator.splits)})")
+        if metric not in ("accuracy", "nll"):
+            raise LadleError(f"metric: must be accuracy or nll, got '{metric}'")
+        self.evaluator = evaluator
+        self.split = split
+        self.metric = metric
+        self.ingredients = []
+        self.keys: list[str] = []
+        self.names: list[str] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.evaluator.device
+
+    @property
+    def progress(self) -> bool:
+        return self.evaluator.progress
+
+    def bind(self, ingredients, keys: list[str]) -> None:
+        """Use these ingredients; each must fit the model exactly (no missing, extra or mis-shaped tensor)."""
+        self.ingredients, self.keys = list(ingredients), list(keys)
+        names = [i.name for i in self.ingredients]
+        # cache keys must tell apart the same file given twice
+        self.names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+        self._group = hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:12]
+        own = {k: tuple(v.shape) for k, v in self.evaluator.model.state_dict().items()}
+        missing = [k for k in own if k not in set(keys)]
+        if missing:
+            raise LadleError("does not fit the model: it needs this tensor (check --include/--exclude)",
+                             file=self.ingredients[0].name, key=missing[0])
+        for ing in self.ingredients:
+            for k in keys:
+                if k not in own:
+                    raise LadleError("does not fit the model: a tensor the model does not have "
+                                     "(check --model, or --exclude it)", file=ing.name, key=k)
+                shape = tuple(ing.info(k).shape)
+                if shape != own[k]:
+                    raise LadleError(f"does not fit the model: shape {list(shape)}, the model needs {list(own[k])} "
+                                     "(check --model and --num-classes)", file=ing.name, key=k)
+
+    def data_record(self) -> dict:
+        """Where the scores come from, for the manifest: every split's source, indices and fingerprint."""
+        return {name: data.source for name, data in self.evaluator.splits.items()} | {"bn": self.evaluator.bn}
+
+    def ingredient_state(self, i: int) -> dict[str, torch.Tensor]:
+        ing = self.ingredients[i]
+        return {k: ing.get(k) for k in self.keys}
+
+    def soup_state(self, weights, by_key: dict | None = None) -> dict[str, torch.Tensor]:
+        from ladle.soup.recipes import KeyedPlan
+
+        plan = KeyedPlan(list(weights), by_key=by_key or {})
+        return dict(mix_stream(plan, self.ingredients, self.keys))
+
+    def parameter_keys(self) -> list[str]:
+        """The model's floating-point parameters: what a learned soup mixes with learned weights."""
+        return [k for k, p in self.evaluator.model.named_parameters() if p.is_floating_point()]
+
+    def forward(self, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits of the model with `state` in place of its tensors (gradients flow into `state`)."""
+        model = self.evaluator.model.eval()
+        out = functional_call(model, state, (channels_last(x),))
+        return out.logits if hasattr(out, "logits") else out
+
+    def batches(self, batch_size: int, generator: torch.Generator):
+        """One epoch of (inputs, labels) of the split in a seeded random order, on the device."""
+        x, y = self.evaluator.inputs(self.split), self.evaluator.labels(self.split)
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), batch_size):
+            idx = order[start : start + batch_size]
+            yield x[idx].to(self.device), y[idx].to(self.device)
+
+    def _value(self, m: Metrics) -> float:
+        return m.accuracy if self.metric == "accuracy" else -m.nll
+
+    def ingredient_metrics(self, i: int, split: str | None = None) -> Metrics:
+        state = None if (self.names[i], split or self.split) in self.evaluator.cache else self.ingredient_state(i)
+        return self.evaluator.score(self.names[i], state, split or self.split, first=state)
+
+    def score_ingredient(self, i: int) -> float:
+        return self._value(self.ingredient_metrics(i))
+
+    def soup_metrics(self, weights, split: str | None = None) -> Metrics:
+        name = f"soup of {self._group}[" + ",".join(f"{w:.6g}" for w in weights) + "]"
+        split = split or self.split
+        state = None if (name, split) in self.evaluator.cache else self.soup_state(weights)
+        first = self.ingredient_state(0) if self.evaluator.bn == "first" and state is not None else None
+        return self.evaluator.score(name, state, split, first=first)
+
+    def score_soup(self, weights) -> float:
+        return self._value(self.soup_metrics(weights))
+
+    def use_shots(self, shots: int, seed: int = 0) -> None:
+        """Taste on `shots` labelled examples drawn (stratified, seeded) from the current split: test-time search."""
+        from ladle.data import stratified_split
+
+        data = self.evaluator.splits[self.split]
+        if shots <= 0 or shots > len(data):
+            raise LadleError(f"shots: need between 1 and {len(data)} examples, got {shots}")
+        idx, _ = stratified_split(data.y.numpy(), [shots], seed)
+        name = f"{self.split}-{shots}-shots"
+        self.evaluator.add_split(name, data.subset(idx, name))
+        self.split = name

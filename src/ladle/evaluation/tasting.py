@@ -1,0 +1,63 @@
+"""Building a scorer from specs (model spec, data specs): what `ladle cook greedy|learned|season` and the studies
+call. Its signature declares the tasting options once (CLI flags and YAML fields are read from it); heavy
+libraries are imported inside, so reading the declaration is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from ladle.errors import LadleError
+
+BN_POLICIES = ("average", "recalibrate", "first")
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_splits(data: list[str], default_split: str, image_size: int = 64, seed: int = 0) -> dict:
+    """Data specs -> {"SOURCE:split": ImageSet}, in the order given."""
+    from ladle.data import load_data, parse_spec
+
+    out = {}
+    for spec in data:
+        source, split = parse_spec(spec)
+        name = f"{source}:{split or default_split}"
+        out[name] = load_data(name, image_size=image_size, seed=seed)
+    return out
+
+
+def make_scorer(
+    model: Annotated[str, "efficientnet-lite0, timm:NAME, an HF directory or package.module:function"],
+    data: Annotated[list[str], "the data to taste on: SOURCE[:split] (repeatable; default split per recipe)"],
+    num_classes: Annotated[int, "classes of the model's head (default: the data's)"] = None,
+    image_size: Annotated[int, "input resolution"] = 64,
+    bn: Annotated[Literal[BN_POLICIES], "BatchNorm statistics of soups: averaged, recomputed on --bn-data, or the first ingredient's"] = "average",
+    bn_data: Annotated[str, "data for --bn recalibrate (default: the data's train split)"] = None,
+    device: Annotated[str, "cpu, cuda, cuda:1 … (default: cuda if available)"] = None,
+    eval_batch_size: Annotated[int, "evaluation batch size"] = 256,
+    seed: Annotated[int, "seed of the data splits (and of the recipe, if it takes one)"] = 0,
+    *, split: str = "heldout", progress: bool = False,
+):
+    """A Taster from specs: builds the model and the data once, checks that they fit each other."""
+    from ladle.data import load_data, parse_spec
+    from ladle.evaluation.evaluator import Evaluator, check_num_classes
+    from ladle.evaluation.scorer import Taster
+    from ladle.models import model_spec
+
+    splits = load_splits(data, split, image_size, seed)
+    if not splits:
+        raise LadleError("data: no data given to taste on (--data)")
+    first = next(iter(splits.values()))
+    spec = model_spec(model, num_classes or first.num_classes)
+    net = spec.build()
+    check_num_classes(net, first)
+    bn_set = None
+    if bn == "recalibrate":
+        bn_set = load_data(bn_data or f"{parse_spec(data[0])[0]}:train", image_size=image_size, seed=seed)
+    evaluator = Evaluator(net, splits, mean=spec.mean, std=spec.std, device=device or default_device(),
+                          batch_size=eval_batch_size, bn=bn, bn_data=bn_set, progress=progress)
+    return Taster(evaluator, split=next(iter(splits)))

@@ -1,0 +1,66 @@
+"""Build (or reuse) the corrupted copies of a data set from specs: what `ladle corrupt` calls."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class BuiltSuite:
+    suite: str
+    data: dict  # the clean data's source record
+    seed: int
+    folder: Path
+    sets: dict  # (corruption, severity) -> ImageSet | StoredSet
+    built: int
+    reused: int
+    damaged: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def listing(self) -> list[dict]:
+        return [{"corruption": c, "severity": s, "images": len(part), "path": part.source["cache"]}
+                for (c, s), part in self.sets.items()]
+
+
+def build_suite(data: str, suite: str, out: str | Path, *, severities: str = "1-5", image_size: int = 64, seed: int = 0,
+                executor=None, store=None, progress: bool = False) -> BuiltSuite:
+    """Every (corruption, severity) set of `suite` for data spec `data` (default split test), cached in `out`;
+    each set is recorded in the results store when one is given."""
+    from ladle.data import load_data, parse_spec
+    from ladle.shifts.corruptions import CorruptionCache, corrupted_sets, parse_severities, parse_suite, resize_note
+
+    spec = parse_suite(suite, parse_severities(severities))
+    source, split = parse_spec(data)
+    clean = load_data(f"{source}:{split or 'test'}", image_size=image_size)
+    cache = CorruptionCache(Path(out))
+    start = time.perf_counter()
+    sets = corrupted_sets(clean, spec, seed=seed, cache=cache, progress=progress, **parallel_options(executor))
+    built = BuiltSuite(spec.suite, clean.source, seed, Path(out), sets, cache.misses, cache.hits, list(cache.damaged),
+                       time.perf_counter() - start)
+    note = resize_note(sets.values())
+    if note:
+        built.notes.append(note)
+    if store is not None:
+        for (name, severity), part in sets.items():
+            store.put_corrupted_set(clean_fingerprint=clean.source["fingerprint"], suite=spec.family, corruption=name,
+                                    severity=severity, seed=seed, images=len(part), path=part.source["cache"],
+                                    checksum=part.source["fingerprint"])
+    return built
+
+
+def parallel_options(executor) -> dict:
+    """How corrupted_sets is told where to build missing sets."""
+    import inspect
+
+    from ladle.shifts.corruptions import corrupted_sets
+
+    if "executor" in inspect.signature(corrupted_sets).parameters:
+        from ladle.execution import make_executor
+
+        return {"executor": executor if executor is None or not isinstance(executor, str) else make_executor(executor)}
+    import os
+
+    return {"workers": os.cpu_count() or 1}
