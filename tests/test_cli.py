@@ -343,7 +343,7 @@ def test_recipes_lists_every_recipe_with_every_parameter(cli):
         for p in r.parameters:  # type, default and help of every parameter, read from the signature
             assert f"    {p.describe()}" in lines
     assert "    --weights (list of numbers, required): one non-negative weight per ingredient (W1,W2,…)" in lines
-    assert "    --no-normalize (flag): scale the weights to sum to 1" in lines
+    assert "    --no-normalize (flag): do not scale the weights to sum to 1" in lines
     assert "    --max-passes (int, default 5): with replacement: passes over the candidates at most" in lines
     assert "scorer" not in result.out and "evaluator" not in result.out  # capabilities are not parameters
 

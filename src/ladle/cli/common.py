@@ -42,6 +42,7 @@ def add_params(parser: argparse.ArgumentParser, params, skip: tuple[str, ...] = 
         kwargs = {"dest": p.name, "default": None, "help": p.help + default}
         if p.type is bool:
             if p.default is True:
+                kwargs["help"] = "do not " + p.help
                 parser.add_argument("--no-" + p.flag[2:], action="store_false", **kwargs)
             else:
                 parser.add_argument(p.flag, action="store_true", **kwargs)

@@ -58,7 +58,7 @@ class Param:
 
     def describe(self) -> str:
         if self.type is bool:
-            return f"{'--no-' + self.flag[2:] if self.default else self.flag} (flag): {self.help}"
+            return f"--no-{self.flag[2:]} (flag): do not {self.help}" if self.default else f"{self.flag} (flag): {self.help}"
         default = "required" if self.required else f"default {self.default!r}"
         return f"{self.flag} ({self.type_name}, {default}): {self.help}"
 

@@ -94,4 +94,5 @@ def recipe(name: str, *, base: str = BASE_NONE, reference: str = "", scores_on: 
     return register
 
 
-from ladle.soup.recipes import greedy, interpolate, learned, model_stock, season, uniform, weighted  # noqa: E402,F401  (each registers itself)
+from ladle.soup.recipes import (dare, greedy, interpolate, learned, model_stock, season, slerp,  # noqa: E402,F401  (each registers itself)
+                                task_arithmetic, ties, uniform, weighted)
