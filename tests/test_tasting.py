@@ -203,7 +203,7 @@ def test_bn_first_keeps_the_first_ingredients_statistics(digits):
 
 def test_a_sweep_with_another_seed_does_not_reuse_the_old_runs(tmp_path, digits):
     from ladle.models import model_spec
-    from ladle.training.finetune import sweep
+    from ladle.training import sweep
 
     spec = model_spec("ladle.models:tiny_cnn", 10)
     first = sweep(spec, digits["train"], digits["heldout"], tmp_path, runs=1, epochs=1, lp_steps=1, seed=0, progress=False)

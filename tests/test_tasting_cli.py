@@ -25,7 +25,7 @@ from ladle.cli.main import main
 from ladle.data import load_data
 from ladle.evaluation.evaluator import batchnorm_keys
 from ladle.models import tiny_cnn
-from ladle.training.finetune import accuracy, sample_hyperparams
+from ladle.training import accuracy, sample_hyperparams
 
 from conftest import sha256_of, snapshot
 

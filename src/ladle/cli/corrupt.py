@@ -20,12 +20,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ladle.results.store import ResultStore
     from ladle.shifts.build import build_suite
 
-    with ResultStore(args.db or Path(args.out) / "results.sqlite") as store:
-        built = build_suite(args.data, args.suite, args.out, severities=args.severities, image_size=args.image_size,
-                            seed=args.corruption_seed, executor=args.executor, store=store, progress=show_progress(args))
+    built = build_suite(args.data, args.suite, args.out, severities=args.severities, image_size=args.image_size,
+                        seed=args.corruption_seed, executor=args.executor, db=args.db or Path(args.out) / "results.sqlite",
+                        progress=show_progress(args))
     listing = built.listing()
     if args.json:
         print_json({"suite": built.suite, "data": built.data, "seed": built.seed, "built": built.built,

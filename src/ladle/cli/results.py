@@ -19,12 +19,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ladle.errors import LadleError
     from ladle.results.store import ResultStore
 
-    if not Path(args.db).is_file():
-        raise LadleError("no such results store", file=args.db)
-    with ResultStore(args.db) as store:
+    with ResultStore(args.db, create=False) as store:
         if args.results_command == "list":
             print(store.format_summary())
             return 0

@@ -37,21 +37,11 @@ def run(args) -> int:
 
     tasting = [q for q in params_of(make_scorer, skip=("split", "progress"))[0] if q.name != "bn"]
     db = args.db or (Path(args.report) / "results.sqlite" if args.report else None)
-    store = None
-    if db:
-        from ladle.results.store import ResultStore
-
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
-        store = ResultStore(db)
-    try:
-        report = taste_specs(args.checkpoints, **given(args, tasting), bn=args.bn, uniform=args.uniform,
-                             corruptions=args.corruptions or (), severities=args.severities,
-                             corruption_seed=args.corruption_seed, corruption_cache=args.corruption_cache,
-                             mce_baseline=args.mce_baseline, executor=args.executor, store=store,
-                             progress=show_progress(args))
-    finally:
-        if store is not None:
-            store.close()
+    report = taste_specs(args.checkpoints, **given(args, tasting), bn=args.bn, uniform=args.uniform,
+                         corruptions=args.corruptions or (), severities=args.severities,
+                         corruption_seed=args.corruption_seed, corruption_cache=args.corruption_cache,
+                         mce_baseline=args.mce_baseline, executor=args.executor or "local", db=db,
+                         progress=show_progress(args))
     for text in report.notes:
         note(text)
     if args.report:

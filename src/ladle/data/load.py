@@ -48,7 +48,9 @@ class ImageSet:
 
     def subset(self, indices, tag: str) -> ImageSet:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return ImageSet(self.x[idx], self.y[idx], self.classes, dict(self.source, subset=tag, size=len(idx)))
+        part = ImageSet(self.x[idx], self.y[idx], self.classes, dict(self.source, subset=tag, size=len(idx)))
+        part.source["fingerprint"] = fingerprint(part)  # its own content: stored results never mix a part with the whole
+        return part
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:

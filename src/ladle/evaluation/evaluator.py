@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ladle.data.load import ImageSet
+from ladle.data.load import ImageSet, fingerprint
 from ladle.errors import LadleError
 from ladle.evaluation.tasting import BN_POLICIES
 from ladle.models.specs import load_weights
@@ -113,7 +113,7 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, splits: Mapping[str, ImageSet], *, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                  device: str | torch.device = "cpu", batch_size: int = 256, bn: str = "average",
-                 bn_data: ImageSet | None = None, progress: bool = False):
+                 bn_data: ImageSet | None = None, progress: bool = False, store=None):
         if bn not in BN_POLICIES:
             raise LadleError(f"bn: must be one of {', '.join(BN_POLICIES)}, got '{bn}'")
         if bn == "recalibrate" and bn_data is None:
@@ -134,6 +134,14 @@ class Evaluator:
         self.cache: dict[tuple[str, str], torch.Tensor] = {}
         self.progress = progress
         self.forward_passes = 0  # images pushed through the model: what caching saves
+        self.store = store  # a ResultStore: logits found there are not recomputed, new ones are added
+
+    @property
+    def bn_key(self) -> str:
+        """The BatchNorm policy as stored: recalibration depends on the data it recalibrates on."""
+        if self.bn == "recalibrate":
+            return f"recalibrate:{self.bn_data.source.get('fingerprint', '?')}"
+        return self.bn
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -183,14 +191,36 @@ class Evaluator:
             raise KeyError(f"no cached logits for {name} on {split}")
         return self.logits_many(name, state, [split], first)[split]
 
-    def logits_many(self, name: str, state, splits: Iterable[str], first=None) -> dict[str, torch.Tensor]:
-        """Logits on several splits with one load (and one BN recalibration) of the state."""
+    def logits_many(self, name: str, state, splits: Iterable[str], first=None, key: str | None = None,
+                    kind: str = "model") -> dict[str, torch.Tensor]:
+        """Logits on several splits with one load (and one BN recalibration) of the state.
+
+        With a store and a content `key` (a checkpoint's sha256, an in-memory soup's soup_key), logits stored
+        for (key, split fingerprint, BN policy) are reused and new ones are written, one row per split."""
+        splits = list(splits)
         todo = [s for s in splits if (name, s) not in self.cache]
+        if todo and self.store is not None and key is not None:
+            for s in list(todo):
+                found = self.store.logits(key, self._fingerprint(s), self.bn_key)
+                if found is not None and len(found) == len(self.splits[s]):
+                    self.cache[(name, s)] = found
+                    todo.remove(s)
         if todo:
+            if state is None:
+                raise KeyError(f"no cached logits for {name}")
             self.prepare(state, first, name)
             for s in todo:
                 self.cache[(name, s)] = self.run(s)
+                if self.store is not None and key is not None:
+                    m = metrics_from_logits(self.cache[(name, s)], self.labels(s))
+                    self.store.put_evaluation(key, self._fingerprint(s), self.bn_key, model_name=str(name), kind=kind,
+                                              data_name=s, accuracy=m.accuracy, nll=m.nll, ece=m.ece, n=m.n,
+                                              logits=self.cache[(name, s)])
         return {s: self.cache[(name, s)] for s in splits}
+
+    def _fingerprint(self, split: str) -> str:
+        data = self.splits[split]
+        return data.source.get("fingerprint") or fingerprint(data)
 
     def score(self, name: str, state, split: str, first=None) -> Metrics:
         return metrics_from_logits(self.logits(name, state, split, first), self.labels(split))

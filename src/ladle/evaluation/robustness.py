@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from ladle.errors import LadleError
+from ladle.evaluation.gain import best_single, soup_gain
 
 Grid = dict[tuple[str, int], float]
 
@@ -125,7 +126,7 @@ class ShiftReport:
     def best_single(self) -> tuple[float, float]:
         """Best clean and best mean-corrupted accuracy among the ingredients (each its own maximum)."""
         ings = self.ingredients()
-        return (max((m.clean for m in ings), default=math.nan), max((m.corrupted for m in ings), default=math.nan))
+        return best_single(m.clean for m in ings), best_single(m.corrupted for m in ings)
 
     def baseline_model(self) -> tuple[str, float, Grid]:
         if self.baseline == "alexnet":
@@ -143,14 +144,14 @@ class ShiftReport:
 
     def summary(self) -> list[dict]:
         """One row per model: clean, corrupted, soup gains, mCE, relative mCE, relative robustness."""
-        best_clean, best_corrupted = self.best_single()
+        ings = self.ingredients()
         _, base_clean, base_grid = self.baseline_model()
         rows = []
         for m in self.models:
             gains = m.kind != "ingredient"
             rows.append({"model": m.name, "kind": m.kind, "clean": m.clean, "corrupted": m.corrupted,
-                         "gain_clean": m.clean - best_clean if gains else None,
-                         "gain_corrupted": m.corrupted - best_corrupted if gains else None,
+                         "gain_clean": soup_gain(m.clean, (i.clean for i in ings)) if gains else None,
+                         "gain_corrupted": soup_gain(m.corrupted, (i.corrupted for i in ings)) if gains else None,
                          "mce": mce(m.grid, base_grid),
                          "relative_mce": relative_mce(m.grid, m.clean, base_grid, base_clean),
                          "relative_robustness": m.clean - m.corrupted})

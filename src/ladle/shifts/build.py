@@ -26,18 +26,25 @@ class BuiltSuite:
 
 
 def build_suite(data: str, suite: str, out: str | Path, *, severities: str = "1-5", image_size: int = 64, seed: int = 0,
-                executor=None, store=None, progress: bool = False) -> BuiltSuite:
+                executor=None, store=None, db=None, progress: bool = False) -> BuiltSuite:
     """Every (corruption, severity) set of `suite` for data spec `data` (default split test), cached in `out`;
-    each set is recorded in the results store when one is given."""
+    each set is recorded in the results store (`store`, or the file `db`) when one is given. Missing sets are built
+    by the executor (default: local processes, one per core)."""
     from ladle.data import load_data, parse_spec
     from ladle.shifts.corruptions import CorruptionCache, corrupted_sets, parse_severities, parse_suite, resize_note
 
     spec = parse_suite(suite, parse_severities(severities))
+    if store is None and db is not None:  # opened only once the input is known to be good
+        from ladle.results.store import ResultStore
+
+        with ResultStore(db) as opened:
+            return build_suite(data, suite, out, severities=severities, image_size=image_size, seed=seed,
+                               executor=executor, store=opened, progress=progress)
     source, split = parse_spec(data)
     clean = load_data(f"{source}:{split or 'test'}", image_size=image_size)
     cache = CorruptionCache(Path(out))
     start = time.perf_counter()
-    sets = corrupted_sets(clean, spec, seed=seed, cache=cache, progress=progress, **parallel_options(executor))
+    sets = corrupted_sets(clean, spec, seed=seed, cache=cache, progress=progress, executor=executor or "local")
     built = BuiltSuite(spec.suite, clean.source, seed, Path(out), sets, cache.misses, cache.hits, list(cache.damaged),
                        time.perf_counter() - start)
     note = resize_note(sets.values())
@@ -50,17 +57,3 @@ def build_suite(data: str, suite: str, out: str | Path, *, severities: str = "1-
                                     checksum=part.source["fingerprint"])
     return built
 
-
-def parallel_options(executor) -> dict:
-    """How corrupted_sets is told where to build missing sets."""
-    import inspect
-
-    from ladle.shifts.corruptions import corrupted_sets
-
-    if "executor" in inspect.signature(corrupted_sets).parameters:
-        from ladle.execution import make_executor
-
-        return {"executor": executor if executor is None or not isinstance(executor, str) else make_executor(executor)}
-    import os
-
-    return {"workers": os.cpu_count() or 1}

@@ -11,7 +11,7 @@ Determinism: every image gets its own seed, derived from (seed, family, corrupti
 the same call gives the same bytes and an image never depends on the other images (a prefix of a set gets
 the same corrupted images). The library draws from numpy's global RNG: it is seeded per image and restored
 afterwards, so a caller's random state is untouched. That is not thread-safe, so missing sets are built in
-parallel by processes (`workers`), which give the same bytes as one process.
+parallel by processes (an executor: local processes or Ray tasks), which give the same bytes as one process.
 
 Small images: the library needs at least 32 px. Smaller images are resized up to 32 px, corrupted and
 resized back to the size the model uses; the set's source records `library_size`.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,17 @@ class CorruptionCache:
         if not path.is_file():
             self.misses += 1
             return None
+        found = self._read(path, key)
+        if found is None:
+            self.damaged.append(str(path))
+            self.misses += 1
+            return None
+        self.hits += 1
+        return found
+
+    @staticmethod
+    def _read(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The images and labels of the file, or None when it is not exactly this key's intact set."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 stored_key, checksum = json.loads(str(z["key"])), str(z["checksum"])
@@ -207,12 +219,7 @@ class CorruptionCache:
             ok = stored_key == key and x.dtype == torch.uint8 and checksum == _checksum(x, y)
         except Exception:  # noqa: BLE001  any unreadable file is damaged: zip, CRC, JSON, dtype
             ok = False
-        if not ok:
-            self.damaged.append(str(path))
-            self.misses += 1
-            return None
-        self.hits += 1
-        return x, y
+        return (x, y) if ok else None
 
     def store(self, key: dict, x: torch.Tensor, y: torch.Tensor) -> Path | None:
         if self.folder is None:
@@ -266,11 +273,12 @@ def _cell_key(data: ImageSet, suite: str, name: str, severity: int, seed: int, c
             "data": clean_fingerprint or fingerprint(data), "shape": list(data.x.shape), "library": library_version(suite)}
 
 
-def _as_set(data: ImageSet, suite: str, key: dict, x: torch.Tensor, y: torch.Tensor, path: Path | None):
-    """The corrupted set with its provenance: on disk (lazy) when cached, else in memory."""
+def _as_set(data: ImageSet, suite: str, key: dict, y: torch.Tensor, checksum: str, path: Path | None,
+            x: torch.Tensor | None = None):
+    """The corrupted set with its provenance: on disk (lazy) when cached, else in memory (uint8 x given)."""
     source = dict(data.source, corruption=key["corruption"], severity=key["severity"], suite=key["family"],
                   corruption_seed=key["seed"], library=key["library"], clean_fingerprint=key["data"],
-                  fingerprint=_checksum(x, y), cache=str(path) if path else None)
+                  fingerprint=checksum, cache=str(path) if path else None)
     if family(suite) == "imagenet-c" and min(data.x.shape[-2:]) < LIBRARY_MIN_SIZE:
         source["library_size"] = LIBRARY_MIN_SIZE
     if path is not None:
@@ -285,9 +293,10 @@ def corrupted_set(data: ImageSet, suite: str, name: str, severity: int, *, seed:
     key = _cell_key(data, suite, name, severity, seed, clean_fingerprint)
     found = cache.load(key)
     if found is not None:
-        return _as_set(data, suite, key, *found, cache.path(key))
+        return _as_set(data, suite, key, found[1], _checksum(*found), cache.path(key), found[0])
     x = corrupt_images(data.x, suite, name, severity, seed)
-    return _as_set(data, suite, key, x, data.y.clone(), cache.store(key, x, data.y))
+    y = data.y.clone()
+    return _as_set(data, suite, key, y, _checksum(x, y), cache.store(key, x, data.y), x)
 
 
 def resize_note(sets) -> str | None:
@@ -300,12 +309,16 @@ def resize_note(sets) -> str | None:
 
 
 def corrupted_sets(data: ImageSet, spec: SuiteSpec, *, seed: int = 0, cache: CorruptionCache | None = None,
-                   progress: bool = False, workers: int = 1) -> dict[tuple[str, int], ImageSet | StoredSet]:
+                   progress: bool = False, executor=None,
+                   workers: int | None = None) -> dict[tuple[str, int], ImageSet | StoredSet]:
     """Every (corruption, severity) cell of a suite spec, loaded from the cache or built, with a progress bar.
 
-    With workers > 1 the missing cells are built in that many fresh ("spawn") processes, each on one thread;
-    the bytes are the same as a serial build. A script that asks for workers must guard its entry point with
-    `if __name__ == "__main__":`, as for any spawned pool.
+    executor: None builds the missing cells here, one after another. An executor (or its spec: "local:4",
+    "ray", "ray:HOST:PORT") builds each missing cell as a task (`build_cell`): the clean images are written
+    once beside the cache, each task reads them, corrupts them on one thread and stores its cell in the cache
+    itself; the bytes are the same as a serial build. On a Ray cluster the cache folder must be shared by
+    every node. `workers=N` is short for executor "local:N". An executor passed in stays open; one made
+    here from a spec is closed here.
     """
     cache = cache or CorruptionCache(None)
     clean = fingerprint(data)
@@ -314,40 +327,127 @@ def corrupted_sets(data: ImageSet, spec: SuiteSpec, *, seed: int = 0, cache: Cor
     for cell, key in keys.items():
         found = cache.load(key)
         if found is not None:
-            out[cell] = _as_set(data, spec.suite, key, *found, cache.path(key))
+            out[cell] = _as_set(data, spec.suite, key, found[1], _checksum(*found), cache.path(key), found[0])
     missing = [cell for cell in keys if cell not in out]
     bar = tqdm(total=len(keys), initial=len(out), desc=f"corrupt ({spec.suite})", unit="set", disable=not progress)
 
-    def finish(cell, x):
-        out[cell] = _as_set(data, spec.suite, keys[cell], x, data.y.clone(), cache.store(keys[cell], x, data.y))
+    def done(cell, part):
+        out[cell] = part
         bar.set_postfix_str(f"{cell[0]} {cell[1]}")
         bar.update()
 
-    if workers > 1 and len(missing) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(min(workers, len(missing)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_start, initargs=(data.x.numpy(),)) as pool:
-            jobs = {pool.submit(_worker_corrupt, spec.suite, *cell, seed): cell for cell in missing}
-            for job in as_completed(jobs):
-                finish(jobs[job], torch.from_numpy(job.result()))
-    else:
-        for cell in missing:
-            finish(cell, corrupt_images(data.x, spec.suite, *cell, seed))
-    bar.close()
+    if executor is None and workers is not None and workers > 1:
+        executor = f"local:{workers}"
+    try:
+        if executor is None or not missing:
+            for cell in missing:
+                x = corrupt_images(data.x, spec.suite, *cell, seed)
+                y = data.y.clone()
+                path = cache.store(keys[cell], x, data.y)
+                done(cell, _as_set(data, spec.suite, keys[cell], y, _checksum(x, y), path, x))
+        else:
+            _build_with(executor, data, spec.suite, {cell: keys[cell] for cell in missing}, cache, clean, done)
+    finally:
+        bar.close()
     return {cell: out[cell] for cell in keys}
 
 
-_worker_images: torch.Tensor | None = None
+def _build_with(executor, data: ImageSet, suite: str, keys: dict, cache: CorruptionCache, clean: str, done) -> None:
+    """The missing cells as executor tasks; without a cache folder they go through a temporary one."""
+    import tempfile
+    import uuid
+
+    from ladle.execution import make_executor
+
+    own = isinstance(executor, str)
+    executor = make_executor(executor)
+    scratch = tempfile.TemporaryDirectory(prefix="ladle-corrupt-") if cache.folder is None else None
+    folder = Path(scratch.name if scratch else cache.folder)
+    images = folder / "clean" / f"{clean}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"  # one per build: no two share it
+    try:
+        _write_clean(data, images)
+        tasks = [{"clean": str(images), "cache": str(folder), "suite": suite, "key": key, "threads": 1}
+                 for key in keys.values()]
+        for cell, path in zip(keys, executor.map(build_cell, tasks)):
+            key, path = keys[cell], Path(path)
+            if scratch is None:
+                checksum = _stored_checksum(path, key)
+                done(cell, _as_set(data, suite, key, data.y.clone(), checksum, path))
+            else:
+                x, y = CorruptionCache(folder)._read(path, key) or (None, None)
+                if x is None:
+                    raise LadleError("corruptions: a task stored a set that does not match its key", file=path)
+                done(cell, _as_set(data, suite, key, data.y.clone(), _checksum(x, y), None, x))
+    finally:
+        images.unlink(missing_ok=True)
+        try:
+            images.parent.rmdir()  # only when no other build is using it
+        except OSError:
+            pass
+        if scratch is not None:
+            scratch.cleanup()
+        if own:
+            executor.close()
 
 
-def _worker_start(images: np.ndarray) -> None:
-    """Runs once in each pool process: the clean images arrive once, not with every cell."""
-    global _worker_images
-    torch.set_num_threads(1)  # the pool is the parallelism; threads inside it would only compete
-    _worker_images = torch.from_numpy(images)
+def build_cell(task: dict) -> str:
+    """Executor task: one (corruption, severity) cell of a clean set, stored atomically in the cache folder.
+
+    task = {"clean": .npz of the clean images (written by corrupted_sets), "cache": cache folder,
+            "suite": suite name, "key": the cell's cache key, "threads": torch threads while it runs}.
+    Returns the path of the stored set; a cell already stored there is not built again.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(task.get("threads", 1))
+    try:
+        key, suite = task["key"], task["suite"]
+        here = library_version(suite)
+        if here != key["library"]:  # another package version on a worker would write other bytes under this key
+            raise LadleError(f"corruptions: this worker has {here}, the caller {key['library']}: install the same "
+                             "version everywhere", file=task["clean"])
+        cache = CorruptionCache(Path(task["cache"]))
+        if cache.load(key) is not None:
+            return str(cache.path(key))
+        x, y = _read_clean(Path(task["clean"]))
+        if list(x.shape) != key["shape"]:
+            raise LadleError(f"corruptions: clean images are {list(x.shape)}, the key says {key['shape']}",
+                             file=task["clean"], key="x")
+        images = corrupt_images(x, suite, key["corruption"], key["severity"], key["seed"])
+        return str(cache.store(key, images, y))
+    finally:
+        torch.set_num_threads(previous)
 
 
-def _worker_corrupt(suite: str, name: str, severity: int, seed: int) -> np.ndarray:
-    return corrupt_images(_worker_images, suite, name, severity, seed).numpy()
+def _write_clean(data: ImageSet, path: Path) -> None:
+    """The clean images for the tasks: as uint8 when that gives back exactly the same floats (4× smaller)."""
+    from ladle.io.writer import atomic_file
+
+    x = data.x.detach().cpu().contiguous()
+    coded = _to_uint8(x)
+    exact = x.dtype == torch.float32 and torch.equal(coded.float() / 255, x)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as f:
+        np.savez(f, x=(coded if exact else x).numpy(), y=data.y.numpy(),
+                 encoding=np.array("uint8/255" if exact else "raw"))
+
+
+def _read_clean(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x, y, encoding = torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), str(z["encoding"])
+    except (OSError, ValueError, KeyError) as e:
+        raise LadleError(f"corruptions: cannot read the clean images ({e}); is the folder shared with every worker?",
+                         file=path) from None
+    return (x.float() / 255 if encoding == "uint8/255" else x), y
+
+
+def _stored_checksum(path: Path, key: dict) -> str:
+    """The checksum a task stored with its cell, after checking the file is the cell asked for."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored_key, checksum = json.loads(str(z["key"])), str(z["checksum"])
+    except Exception as e:  # noqa: BLE001  any unreadable file: zip, JSON, missing member
+        raise LadleError(f"corruptions: cannot read the set a task stored ({e})", file=path) from None
+    if stored_key != key:
+        raise LadleError("corruptions: a task stored a set that does not match its key", file=path, key="key")
+    return checksum

@@ -19,7 +19,7 @@ from ladle.shifts.corruptions import CorruptionCache, SuiteSpec, corrupted_sets,
 from ladle.data.load import ImageSet
 from ladle.evaluation.evaluator import BN_POLICIES, Evaluator, Metrics, check_num_classes
 from ladle.models.specs import ModelSpec
-from ladle.shifts.build import parallel_options
+from ladle.evaluation.gain import best_single, soup_gain
 from ladle.evaluation.robustness import ModelShift, ShiftReport, alexnet_baseline
 
 
@@ -45,10 +45,10 @@ class TasteReport:
         return [r for r in self.rows if r.kind == "ingredient"]
 
     def best_single(self, split: str) -> float:
-        return max((r.accuracy(split) for r in self.ingredients()), default=math.nan)
+        return best_single(r.accuracy(split) for r in self.ingredients())
 
     def gain(self, row: Row, split: str) -> float:
-        return row.accuracy(split) - self.best_single(split)
+        return soup_gain(row.accuracy(split), (r.accuracy(split) for r in self.ingredients()))
 
     def to_dict(self) -> dict:
         return {"splits": self.splits, "best_single": {s: self.best_single(s) for s in self.splits},
@@ -103,10 +103,10 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
                                     executor=executor)
     every = dict(data) | shifted
     evaluators = {p: Evaluator(model, every, mean=spec.mean, std=spec.std, device=device, batch_size=batch_size, bn=p,
-                               bn_data=bn_data, progress=progress) for p in policies}
+                               bn_data=bn_data, progress=progress, store=store) for p in policies}
     base_ev = evaluators[policies[0]]
     rows: list[Row] = []
-    ingredient_names, ingredient_states = [], []
+    ingredient_names, ingredient_states, keys = [], [], {}
     soups = []
     for ckpt in checkpoints:
         ing = open_ingredient(ckpt)
@@ -114,17 +114,23 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
             soups.append((ing.name, ing))
             continue
         state = {k: ing.get(k) for k in ing.keys()}
-        base_ev.logits_many(ing.name, state, list(every))
+        keys[ing.name] = content_key(ing)
+        base_ev.logits_many(ing.name, state, list(every), key=keys[ing.name], kind="ingredient")
         ingredient_names.append(ing.name)
         ingredient_states.append(state)
         rows.append(Row(ing.name, "ingredient", {s: base_ev.score(ing.name, None, s) for s in every}))
     first_state = ingredient_states[0] if ingredient_states else None
     if uniform and len(ingredient_states) > 1:
+        from ladle.results.store import soup_key
+
+        keys["uniform soup"] = soup_key("uniform", {}, [keys[n] for n in ingredient_names])
         soups.insert(0, ("uniform soup", cook("uniform", ingredient_states).state_dict))
     for name, soup in soups:
         state = soup if isinstance(soup, dict) else {k: soup.get(k) for k in soup.keys()}
+        key = keys.get(name) or content_key(soup)
         for p, ev in evaluators.items():
-            ev.logits_many(f"{name}@{p}", state, list(every), first=first_state)
+            ev.logits_many(f"{name}@{p}", state, list(every), first=first_state,
+                           key=None if p == "first" else key, kind="soup")
             rows.append(Row(name, "soup", {s: ev.score(f"{name}@{p}", None, s) for s in every}, bn=p if len(policies) > 1 else ""))
     if len(ingredient_names) > 1:
         rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
@@ -139,6 +145,19 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
     return TasteReport(list(data), rows, shifts, [note] if note else [])
 
 
+def content_key(ing) -> str | None:
+    """A checkpoint's content hash (sha256 of its file; of its files, for a sharded directory): its key in the store."""
+    import hashlib
+
+    from ladle.io.hashing import sha256_file
+
+    if not ing.files:
+        return None
+    if len(ing.files) == 1:
+        return sha256_file(ing.files[0])
+    return hashlib.sha256("".join(sha256_file(f) for f in ing.files).encode()).hexdigest()
+
+
 def shifted_splits(data: dict[str, ImageSet], corruptions: list[SuiteSpec], *, seed: int = 0,
                    cache: CorruptionCache | None = None, progress: bool = False, executor=None):
     """Corrupted copies of every split, named `SPLIT ~ FAMILY/CORRUPTION/SEVERITY`, and, per (split, suite),
@@ -148,7 +167,7 @@ def shifted_splits(data: dict[str, ImageSet], corruptions: list[SuiteSpec], *, s
         for spec in corruptions:
             cells = {}
             for (name, severity), part in corrupted_sets(clean_data, spec, seed=seed, cache=cache, progress=progress,
-                                                           **parallel_options(executor)).items():
+                                                           executor=executor).items():
                 split = f"{clean} ~ {spec.family}/{name}/{severity}"
                 shifted[split], cells[(name, severity)] = part, split
             grids[(clean, spec.suite)] = cells
@@ -180,8 +199,9 @@ def taste_specs(checkpoints: list, *, model: str, data: list[str], num_classes: 
                 bn: str = "average", bn_data: str | None = None, device: str | None = None, eval_batch_size: int = 256,
                 seed: int = 0, uniform: bool = True, corruptions: list[str] = (), severities: str = "1-5",
                 corruption_seed: int = 0, corruption_cache: str | None = None, mce_baseline: str = "best",
-                executor=None, store=None, progress: bool = False) -> TasteReport:
-    """`taste` from specs (what `ladle taste` calls): data and model built once, corruption suites parsed."""
+                executor=None, store=None, db=None, progress: bool = False) -> TasteReport:
+    """`taste` from specs (what `ladle taste` calls): data and model built once, corruption suites parsed.
+    Evaluations go to the results store (`store`, or the file `db`, opened once the input is known to be good)."""
     from ladle.data import load_data, parse_spec
     from ladle.evaluation.tasting import default_device, load_splits
     from ladle.models import model_spec
@@ -193,12 +213,24 @@ def taste_specs(checkpoints: list, *, model: str, data: list[str], num_classes: 
         raise LadleError("taste: --data is required")
     parsed = parse_severities(severities)
     suites = [parse_suite(text, parsed) for text in corruptions or ()]
+    if mce_baseline == "alexnet":  # fail before any work if the suites have no published AlexNet errors
+        for suite in suites:
+            alexnet_baseline(suite.cells())
     splits = load_splits(data, "test", image_size, seed)
     bn_set = None
     if bn in ("recalibrate", "all"):
         bn_set = load_data(bn_data or f"{parse_spec(data[0])[0]}:train", image_size=image_size, seed=seed)
     spec = model_spec(model, num_classes or next(iter(splits.values())).num_classes)
     cache = CorruptionCache(Path(corruption_cache) if corruption_cache else default_cache_dir())
+    if store is None and db is not None:
+        from ladle.results.store import ResultStore
+
+        with ResultStore(db) as opened:
+            return taste_specs(checkpoints, model=model, data=data, num_classes=num_classes, image_size=image_size, bn=bn,
+                               bn_data=bn_data, device=device, eval_batch_size=eval_batch_size, seed=seed, uniform=uniform,
+                               corruptions=corruptions, severities=severities, corruption_seed=corruption_seed,
+                               corruption_cache=corruption_cache, mce_baseline=mce_baseline, executor=executor,
+                               store=opened, progress=progress)
     report = taste(checkpoints, spec, splits, bn=bn, bn_data=bn_set, uniform=uniform, device=device or default_device(),
                    batch_size=eval_batch_size, progress=progress, corruptions=suites, corruption_seed=corruption_seed,
                    cache=cache, mce_baseline=mce_baseline, executor=executor, store=store)
