@@ -13,6 +13,9 @@ def add_parser(sub) -> None:
     soups.add_argument("--out", required=True, metavar="DIR", help="ingredients, soups, corrupted sets and the store")
     soups.add_argument("--runs", type=int, default=8, help="ingredients per sweep (default 8)")
     soups.add_argument("--quick", action="store_true", help="a smaller, faster study (for smoke tests)")
+    soups.add_argument("--config", metavar="SWEEP.yaml",
+                       help="another regime: a sweep config (hyper-parameter ranges, epochs, runs); model and data stay "
+                            "the demo's. Use a separate --out per regime")
     soups.add_argument("--device", default=None, help="cpu, cuda, … (default cpu in workers)")
     soups.add_argument("--json", action="store_true", help="print the summary as JSON")
     executor_option(soups, "runs one task per seed")
@@ -25,7 +28,8 @@ def run(args) -> int:
     from ladle.studies.soups import format_summary, parse_seeds, study_soups
 
     summary = study_soups(parse_seeds(args.seeds), Path(args.out), runs=args.runs, quick=args.quick,
-                          executor=args.executor, db=args.db, device=args.device)
+                          executor=args.executor, db=args.db, device=args.device,
+                          config=args.config)
     if args.json:
         print_json(summary)
     else:

@@ -46,8 +46,9 @@ class SeedResult:
 
 
 def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, store=None, device: str | None = None,
-               progress: bool = True, shift_executor=None) -> SeedResult:
-    """Sweep, soups and evaluation for one seed (the demo's regime), recorded in the store."""
+               progress: bool = True, shift_executor=None, config=None) -> SeedResult:
+    """Sweep, soups and evaluation for one seed, recorded in the store. The sweep is the demo's regime, or a
+    sweep config (path or dict: hyper-parameters, epochs, runs; the model and data stay the study's)."""
     import torch
 
     from ladle.data import load_data, stratified_split
@@ -65,13 +66,27 @@ def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, s
 
     device = device or default_device()
     runs, epochs = (3, 2) if quick else (runs, 6)
+    if config is not None and not quick:
+        from ladle.training import load_config
+
+        runs = load_config(config, {"runs": None}).runs
     spec = model_spec(BUILTIN_STOCK, 10)
     train, heldout, test = (load_data(f"digits:{s}", image_size=IMAGE_SIZE, seed=seed) for s in ("train", "heldout", "test"))
     if progress:
         print(f"seed {seed}: {BUILTIN_STOCK} (ImageNet-pretrained) on real digits at {IMAGE_SIZE}px — {len(train)} train / "
               f"{len(heldout)} held-out / {len(test)} test; {runs} ingredients, {epochs} epochs each", flush=True)
-    records = sweep(spec, train, heldout, folder / f"ingredients-seed{seed}", runs=runs, epochs=epochs, seed=seed,
-                    device=device, progress=progress)
+    if config is None:
+        records = sweep(spec, train, heldout, folder / f"ingredients-seed{seed}", runs=runs, epochs=epochs, seed=seed,
+                        device=device, progress=progress, store=store)
+    else:  # another regime: the config's hyper-parameters, on the study's model and data
+        from ladle.execution import make_executor
+        from ladle.training import run_sweep
+
+        overrides = {"model": BUILTIN_STOCK, "data": "digits", "image_size": IMAGE_SIZE, "seed": seed,
+                     "runs": 3 if quick else None, "epochs": 2 if quick else None}
+        with make_executor("local:1") as here:
+            records = run_sweep(config, folder / f"ingredients-seed{seed}", overrides=overrides, executor=here,
+                                store=store, device=device, progress=progress)
     paths = [r["path"] for r in records]
     names, images = (QUICK_SHIFT[0], QUICK_SHIFT[2]) if quick else (IMAGENET_C, SHIFT_IMAGES)
     severities = QUICK_SHIFT[1] if quick else SHIFT_SEVERITIES
@@ -141,13 +156,20 @@ def record_seed(store, result: SeedResult, quick: bool) -> None:
     study = STUDY + ("-quick" if quick else "")
     gains = result.gains()
     for name, kind, acc in result.rows:
-        label = "best single" if kind == "best single" else name
+        label = row_label(name, kind)
         for column in COLUMNS:
             store.put_study_row(study, result.seed, label, column, kind=kind, accuracy=acc.get(column, math.nan),
                                 best_single=best_single(a[column] for a in result.ingredients.values()),
                                 gain=gains[name][column], extra={"greedy_size": result.greedy_size})
     store.put_study_row(study, result.seed, "done", "-", kind="marker", accuracy=math.nan, best_single=math.nan,
                         gain=math.nan, extra={"ingredients": len(result.ingredients)})
+
+
+def row_label(name: str, kind: str) -> str:
+    """A row's name across seeds: which ingredient was best, how many the greedy set kept, are per-seed details."""
+    import re
+
+    return "best single" if kind == "best single" else re.sub(r" (\(\d+\)|\d+)$", "", name)
 
 
 def _bar(items, desc: str, progress: bool):
@@ -165,7 +187,7 @@ def seed_task(task: dict) -> dict:
     torch.set_num_threads(task["threads"])
     with ResultStore(task["db"]) as store:
         result = study_seed(Path(task["out"]), task["seed"], runs=task["runs"], quick=task["quick"], store=store,
-                            device=task["device"], progress=False)
+                            device=task["device"], progress=False, config=task["config"])
     return {"seed": result.seed, "rows": result.rows, "ingredients": result.ingredients, "greedy_size": result.greedy_size}
 
 
@@ -178,8 +200,10 @@ def stored_seed(store, seed: int, quick: bool) -> dict | None:
 
 
 def study_soups(seeds: list[int], out: Path, *, runs: int = 8, quick: bool = False, executor=None, db: Path | None = None,
-                device: str | None = None) -> dict:
-    """Run the missing seeds through the executor, then summarise every seed from the store."""
+                device: str | None = None, config: str | None = None) -> dict:
+    """Run the missing seeds through the executor, then summarise every seed from the store.
+
+    `config`: a sweep config for another regime (use a separate `out` per regime)."""
     from ladle.execution import make_executor
     from ladle.results.store import ResultStore
 
@@ -192,7 +216,13 @@ def study_soups(seeds: list[int], out: Path, *, runs: int = 8, quick: bool = Fal
         todo = [s for s in seeds if stored_seed(store, s, quick) is None]
     if len(todo) < len(seeds):
         print(f"study: {len(seeds) - len(todo)} of {len(seeds)} seeds already in {db}; running {len(todo)}", flush=True)
+    if config is not None:
+        from ladle.training import load_config
+
+        load_config(config)  # a bad config fails now, in one line, not in every worker
+        config = str(Path(config).resolve())
     tasks = [{"seed": s, "out": str(out), "db": str(db), "runs": runs, "quick": quick, "device": device or "cpu",
+              "config": config,
               "threads": max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo))))} for s in todo]
     start = time.time()
     for done, result in enumerate(executor.map(seed_task, tasks, desc="study seeds"), 1):
@@ -211,8 +241,9 @@ def summarise(rows: list[dict], seeds: list[int]) -> dict:
     for r in rows:
         if r["row"] == "done":
             continue
-        table.setdefault(r["row"], {}).setdefault(r["split"], {})[r["seed"]] = r["gain"]
-        accuracy.setdefault(r["row"], {}).setdefault(r["split"], {})[r["seed"]] = r["accuracy"]
+        name = row_label(r["row"], r["kind"])
+        table.setdefault(name, {}).setdefault(r["split"], {})[r["seed"]] = r["gain"]
+        accuracy.setdefault(name, {}).setdefault(r["split"], {})[r["seed"]] = r["accuracy"]
     summary = {}
     for name, by_column in table.items():
         summary[name] = {}
