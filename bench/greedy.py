@@ -29,7 +29,7 @@ from ladle.data import load_data
 from ladle.evaluation.evaluator import Evaluator, metrics_from_logits
 from ladle.evaluation.scorer import Taster
 from ladle.models import model_spec
-from ladle.training.finetune import sweep
+from ladle.training import sweep
 
 SIZE = 64
 

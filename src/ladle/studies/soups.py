@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, s
     from ladle.training import sweep
 
     device = device or default_device()
+    say = (lambda text: print(f"seed {seed}: {text}", flush=True)) if progress else (lambda text: None)
+    progress = progress and sys.stderr.isatty()  # bars for a person at a terminal; a log gets the plain lines
     runs, epochs = (3, 2) if quick else (runs, 6)
     if config is not None and not quick:
         from ladle.training import load_config
@@ -72,9 +75,8 @@ def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, s
         runs = load_config(config, {"runs": None}).runs
     spec = model_spec(BUILTIN_STOCK, 10)
     train, heldout, test = (load_data(f"digits:{s}", image_size=IMAGE_SIZE, seed=seed) for s in ("train", "heldout", "test"))
-    if progress:
-        print(f"seed {seed}: {BUILTIN_STOCK} (ImageNet-pretrained) on real digits at {IMAGE_SIZE}px — {len(train)} train / "
-              f"{len(heldout)} held-out / {len(test)} test; {runs} ingredients, {epochs} epochs each", flush=True)
+    say(f"{BUILTIN_STOCK} (ImageNet-pretrained) on real digits at {IMAGE_SIZE}px — {len(train)} train / "
+        f"{len(heldout)} held-out / {len(test)} test; {runs} ingredients, {epochs} epochs each; sweep")
     if config is None:
         records = sweep(spec, train, heldout, folder / f"ingredients-seed{seed}", runs=runs, epochs=epochs, seed=seed,
                         device=device, progress=progress, store=store)
@@ -88,6 +90,7 @@ def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, s
             records = run_sweep(config, folder / f"ingredients-seed{seed}", overrides=overrides, executor=here,
                                 store=store, device=device, progress=progress)
     paths = [r["path"] for r in records]
+    say(f"{len(records)} ingredients ready; corrupted test slice")
     names, images = (QUICK_SHIFT[0], QUICK_SHIFT[2]) if quick else (IMAGENET_C, SHIFT_IMAGES)
     severities = QUICK_SHIFT[1] if quick else SHIFT_SEVERITIES
     part = test.subset(stratified_split(test.y.numpy(), [images], seed)[0], f"{images} for corruptions")
@@ -97,16 +100,19 @@ def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, s
     data = {"heldout": heldout, "test": test, "test slice": part, **shifted}
     cells = grids[("test slice", suite.suite)]
     ev = Evaluator(spec.build(), data, mean=spec.mean, std=spec.std, device=device, store=store)
+    say(f"evaluating {len(paths)} ingredients on {len(data)} splits")
     keys = {p: sha256_file(Path(p)) for p in paths}
     for p in _bar(paths, "evaluate ingredients", progress):
         ev.logits_many(p, open_ingredient(p).state_dict(), list(data), key=keys[p], kind="ingredient")
 
+    say("cooking the uniform, greedy and learned soups")
     soups_dir = folder / "soups" / f"seed{seed}"
     soups_dir.mkdir(parents=True, exist_ok=True)
     made = {"uniform soup": cook("uniform", paths, out=soups_dir / "uniform.safetensors", force=True),
             "greedy soup": cook("greedy", paths, scorer=Taster(ev, "heldout"), out=soups_dir / "greedy.safetensors", force=True)}
     made["learned soup (per layer)"] = cook("learned", paths, scorer=Taster(ev, "heldout"), per="layer",
                                             epochs=3 if quick else 5, out=soups_dir / "learned.safetensors", force=True)
+    say("evaluating the soups")
     for name, soup in _bar(list(made.items()), "evaluate soups", progress):
         ev.logits_many(name, open_ingredient(soup.path).state_dict(), list(data), key=next(iter(soup.sha256.values())),
                        kind="soup")
