@@ -1,4 +1,4 @@
-"""The recipe registry. A recipe is one file with one `@recipe(...)` line; this module imports them all.
+"""The recipe registry. A recipe is one file in this folder with one `@recipe(...)` line; every file is imported.
 
 A recipe is a function `(n, **params) -> plan`, where a plan mixes the N tensors stored under one key
 (`Plan`: fixed weights; or any object with `mix(key, tensors, base, accumulate)`, `weights`, `base_weight`,
@@ -94,5 +94,13 @@ def recipe(name: str, *, base: str = BASE_NONE, reference: str = "", scores_on: 
     return register
 
 
-from ladle.soup.recipes import (dare, greedy, interpolate, learned, model_stock, season, slerp,  # noqa: E402,F401  (each registers itself)
-                                task_arithmetic, ties, uniform, weighted)
+def _register_all() -> None:
+    """Import every module of this package: each registers its recipes, so a new recipe is one new file."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_all()
