@@ -19,7 +19,7 @@ def _module(name: str):
     return importlib.import_module(f"ladle.cli.{name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     from ladle._version import __version__
 
     parser = Parser(prog="ladle", description="Model soups: average fine-tuned checkpoints into one model.")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 import pickle
 import warnings
 from collections.abc import Mapping
