@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ladle.cli.common import add_params, given, note, print_json, show_progress
 
 
 def add_parser(sub) -> None:
-    from ladle.evaluation.tasting import make_scorer
+    from ladle.evaluation.tasting import TASTING_OPTIONS
     from ladle.soup.options import COOK_OPTIONS
     from ladle.soup.recipes import BASE_NONE, RECIPES
-    from ladle.soup.schema import params_of
 
-    tasting = params_of(make_scorer, skip=("split", "progress"))[0]
     cook = sub.add_parser("cook", help="mix ingredients into a soup",
                           description="Mix ingredients with a recipe (`ladle recipes` lists them), or cook a recipe "
                                       "file: `ladle cook FILE.yaml [overrides]`.")
@@ -27,7 +24,7 @@ def add_parser(sub) -> None:
         add_params(p, COOK_OPTIONS, skip=("base",) if recipe.base == BASE_NONE else ())
         add_params(p, recipe.parameters, skip=("seed",) if recipe.needs_scorer else ())
         if recipe.needs_scorer:
-            add_params(p, tasting)
+            add_params(p, TASTING_OPTIONS)
         p.add_argument("--json", action="store_true", help="print the manifest as JSON")
         p.add_argument("--db", metavar="FILE.sqlite", help="also record the soup in this results store")
         p.add_argument("--recipe-file", dest="recipe_file", help=argparse.SUPPRESS)
@@ -62,13 +59,12 @@ def prepare_argv(argv: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ladle.errors import LadleError
-    from ladle.evaluation.tasting import make_scorer
+    from ladle.evaluation.tasting import TASTING_OPTIONS, make_scorer
     from ladle.soup.options import COOK_OPTIONS
     from ladle.soup.recipes import RECIPES
-    from ladle.soup.schema import params_of
 
     recipe = RECIPES[args.recipe]
-    tasting = params_of(make_scorer, skip=("split", "progress"))[0] if recipe.needs_scorer else []
+    tasting = TASTING_OPTIONS if recipe.needs_scorer else []
     fields, lines, path = {}, {}, None
     if args.recipe_file:
         from ladle.soup.recipe_file import load_recipe_file, locate
@@ -125,5 +121,5 @@ def run(args: argparse.Namespace) -> int:
     weights = "[" + ", ".join(f"{w:.4g}" for w in soup.manifest["weights"]) + "]"
     print(f"wrote {soup.path}: {soup.manifest['selection']['tensors']} tensors, recipe {args.recipe}, weights {weights}")
     for name, digest in soup.sha256.items():
-        print(f"sha256 {digest}  {name}", file=sys.stdout)
+        print(f"sha256 {digest}  {name}")
     return 0

@@ -6,13 +6,9 @@ from ladle.cli.common import add_params, corruption_options, db_option, given, n
 
 
 def add_parser(sub) -> None:
-    from ladle.evaluation.tasting import make_scorer
-    from ladle.soup.schema import params_of
-
     p = sub.add_parser("taste", help="evaluate soups beside their ingredients, the best single one and the ensemble")
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
-    tasting = [q for q in params_of(make_scorer, skip=("split", "progress"))[0] if q.name != "bn"]
-    add_params(p, tasting)
+    add_params(p, _tasting())
     p.add_argument("--bn", choices=["average", "recalibrate", "first", "all"], default="average",
                    help="BatchNorm statistics of soups: averaged (default), recomputed on --bn-data, the first "
                         "ingredient's, or all three side by side")
@@ -31,13 +27,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ladle.evaluation.tasting import make_scorer
-    from ladle.soup.schema import params_of
     from ladle.studies.taste import taste_specs, write_report
 
-    tasting = [q for q in params_of(make_scorer, skip=("split", "progress"))[0] if q.name != "bn"]
     db = args.db or (Path(args.report) / "results.sqlite" if args.report else None)
-    report = taste_specs(args.checkpoints, **given(args, tasting), bn=args.bn, uniform=args.uniform,
+    report = taste_specs(args.checkpoints, **given(args, _tasting()), bn=args.bn, uniform=args.uniform,
                          corruptions=args.corruptions or (), severities=args.severities,
                          corruption_seed=args.corruption_seed, corruption_cache=args.corruption_cache,
                          mce_baseline=args.mce_baseline, executor=args.executor or "local", db=db,
@@ -51,3 +44,10 @@ def run(args) -> int:
     else:
         print(report.format())
     return 0
+
+
+def _tasting():
+    """The tasting options but --bn, which taste extends with `all` (every policy side by side)."""
+    from ladle.evaluation.tasting import TASTING_OPTIONS
+
+    return [q for q in TASTING_OPTIONS if q.name != "bn"]

@@ -1,4 +1,4 @@
-"""The scorer evaluation-driven recipes ask (ladle.soup.scoring.Scorer), and how to build one from specs.
+"""The scorer evaluation-driven recipes ask (ladle.soup.scoring.Scorer); ladle.evaluation.tasting builds one from specs.
 
 `cook` binds it to the opened ingredients, which checks that every ingredient fits the model (keys and shapes,
 naming the file and the tensor) before any scoring; candidate soups are mixed in memory by the same streaming
@@ -8,6 +8,7 @@ code that writes soups to disk, and their logits are cached by their weights.
 from __future__ import annotations
 
 import hashlib
+
 import torch
 from torch.func import functional_call
 
@@ -47,7 +48,8 @@ class Taster:
         self.names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
         self._group = hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:12]
         own = {k: tuple(v.shape) for k, v in self.evaluator.model.state_dict().items()}
-        missing = [k for k in own if k not in set(keys)]
+        given = set(keys)
+        missing = [k for k in own if k not in given]
         if missing:
             raise LadleError("does not fit the model: it needs this tensor (check --include/--exclude)",
                              file=self.ingredients[0].name, key=missing[0])

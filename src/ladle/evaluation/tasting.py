@@ -30,6 +30,23 @@ def load_splits(data: list[str], default_split: str, image_size: int = 64, seed:
     return out
 
 
+def load_model_and_data(model: str, data: list[str], default_split: str, *, num_classes: int | None = None,
+                        image_size: int = 64, bn_data: str | None = None, seed: int = 0, recalibrate: bool = False):
+    """(model spec, {name: split}, BatchNorm recalibration data or None) from specs; the head's class count
+    defaults to the first split's, the recalibration data to the first source's train split."""
+    from ladle.data import load_data, parse_spec
+    from ladle.models import model_spec
+
+    splits = load_splits(data, default_split, image_size, seed)
+    if not splits:
+        raise LadleError("data: no data given to taste on (--data)")
+    spec = model_spec(model, num_classes or next(iter(splits.values())).num_classes)
+    bn_set = None
+    if recalibrate:
+        bn_set = load_data(bn_data or f"{parse_spec(data[0])[0]}:train", image_size=image_size, seed=seed)
+    return spec, splits, bn_set
+
+
 def make_scorer(
     model: Annotated[str, "efficientnet-lite0, timm:NAME, an HF directory or package.module:function"],
     data: Annotated[list[str], "the data to taste on: SOURCE[:split] (repeatable; default split per recipe)"],
@@ -43,21 +60,23 @@ def make_scorer(
     *, split: str = "heldout", progress: bool = False,
 ):
     """A Taster from specs: builds the model and the data once, checks that they fit each other."""
-    from ladle.data import load_data, parse_spec
     from ladle.evaluation.evaluator import Evaluator, check_num_classes
     from ladle.evaluation.scorer import Taster
-    from ladle.models import model_spec
 
-    splits = load_splits(data, split, image_size, seed)
-    if not splits:
-        raise LadleError("data: no data given to taste on (--data)")
-    first = next(iter(splits.values()))
-    spec = model_spec(model, num_classes or first.num_classes)
+    spec, splits, bn_set = load_model_and_data(model, data, split, num_classes=num_classes, image_size=image_size,
+                                               bn_data=bn_data if bn == "recalibrate" else None, seed=seed,
+                                               recalibrate=bn == "recalibrate")
     net = spec.build()
-    check_num_classes(net, first)
-    bn_set = None
-    if bn == "recalibrate":
-        bn_set = load_data(bn_data or f"{parse_spec(data[0])[0]}:train", image_size=image_size, seed=seed)
+    check_num_classes(net, next(iter(splits.values())))
     evaluator = Evaluator(net, splits, mean=spec.mean, std=spec.std, device=device or default_device(),
                           batch_size=eval_batch_size, bn=bn, bn_data=bn_set, progress=progress)
     return Taster(evaluator, split=next(iter(splits)))
+
+
+def _tasting_options():
+    from ladle.soup.schema import params_of
+
+    return params_of(make_scorer, skip=("split", "progress"))[0]
+
+
+TASTING_OPTIONS = _tasting_options()  # the declared options, read once: CLI flags and YAML fields come from these

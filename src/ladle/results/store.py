@@ -537,3 +537,13 @@ def _ladle_version() -> str:
     from ladle._version import __version__
 
     return __version__
+
+
+@contextmanager
+def opened(store: ResultStore | None = None, db=None):
+    """The store given, or the file `db` opened (and closed) around the block; None if neither is given."""
+    if store is not None or db is None:
+        yield store
+        return
+    with ResultStore(db) as new:
+        yield new

@@ -33,13 +33,9 @@ def build_suite(data: str, suite: str, out: str | Path, *, severities: str = "1-
     from ladle.data import load_data, parse_spec
     from ladle.shifts.corruptions import CorruptionCache, corrupted_sets, parse_severities, parse_suite, resize_note
 
-    spec = parse_suite(suite, parse_severities(severities))
-    if store is None and db is not None:  # opened only once the input is known to be good
-        from ladle.results.store import ResultStore
+    from ladle.results.store import opened
 
-        with ResultStore(db) as opened:
-            return build_suite(data, suite, out, severities=severities, image_size=image_size, seed=seed,
-                               executor=executor, store=opened, progress=progress)
+    spec = parse_suite(suite, parse_severities(severities))
     source, split = parse_spec(data)
     clean = load_data(f"{source}:{split or 'test'}", image_size=image_size)
     cache = CorruptionCache(Path(out))
@@ -50,10 +46,11 @@ def build_suite(data: str, suite: str, out: str | Path, *, severities: str = "1-
     note = resize_note(sets.values())
     if note:
         built.notes.append(note)
-    if store is not None:
-        for (name, severity), part in sets.items():
-            store.put_corrupted_set(clean_fingerprint=clean.source["fingerprint"], suite=spec.family, corruption=name,
-                                    severity=severity, seed=seed, images=len(part), path=part.source["cache"],
-                                    checksum=part.source["fingerprint"])
+    with opened(store, db) as store:  # after the sets exist: bad input never leaves a store behind
+        if store is not None:
+            for (name, severity), part in sets.items():
+                store.put_corrupted_set(clean_fingerprint=clean.source["fingerprint"], suite=spec.family, corruption=name,
+                                        severity=severity, seed=seed, images=len(part), path=part.source["cache"],
+                                        checksum=part.source["fingerprint"])
     return built
 

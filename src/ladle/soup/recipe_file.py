@@ -31,10 +31,9 @@ def cook_params() -> list[Param]:
 
 def tasting_params() -> list[Param]:
     """The options of recipes that taste candidate soups, declared by `make_scorer`'s signature."""
-    from ladle.evaluation.tasting import make_scorer
-    from ladle.soup.schema import params_of
+    from ladle.evaluation.tasting import TASTING_OPTIONS
 
-    return params_of(make_scorer, skip=("split", "progress"))[0]
+    return TASTING_OPTIONS
 
 
 def read_yaml_mapping(path: Path) -> tuple[dict, dict[str, int]]:

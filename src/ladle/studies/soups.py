@@ -50,7 +50,6 @@ def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, s
                progress: bool = True, shift_executor=None, config=None) -> SeedResult:
     """Sweep, soups and evaluation for one seed, recorded in the store. The sweep is the demo's regime, or a
     sweep config (path or dict: hyper-parameters, epochs, runs; the model and data stay the study's)."""
-
     from ladle.data import load_data, stratified_split
     from ladle.evaluation.evaluator import Evaluator
     from ladle.evaluation.robustness import ModelShift, ShiftReport

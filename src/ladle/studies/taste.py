@@ -202,9 +202,8 @@ def taste_specs(checkpoints: list, *, model: str, data: list[str], num_classes: 
                 executor=None, store=None, db=None, progress: bool = False) -> TasteReport:
     """`taste` from specs (what `ladle taste` calls): data and model built once, corruption suites parsed.
     Evaluations go to the results store (`store`, or the file `db`, opened once the input is known to be good)."""
-    from ladle.data import load_data, parse_spec
-    from ladle.evaluation.tasting import default_device, load_splits
-    from ladle.models import model_spec
+    from ladle.evaluation.tasting import default_device, load_model_and_data
+    from ladle.results.store import opened
     from ladle.shifts.corruptions import default_cache_dir, parse_severities, parse_suite
 
     if not model:
@@ -216,24 +215,13 @@ def taste_specs(checkpoints: list, *, model: str, data: list[str], num_classes: 
     if mce_baseline == "alexnet":  # fail before any work if the suites have no published AlexNet errors
         for suite in suites:
             alexnet_baseline(suite.cells())
-    splits = load_splits(data, "test", image_size, seed)
-    bn_set = None
-    if bn in ("recalibrate", "all"):
-        bn_set = load_data(bn_data or f"{parse_spec(data[0])[0]}:train", image_size=image_size, seed=seed)
-    spec = model_spec(model, num_classes or next(iter(splits.values())).num_classes)
+    spec, splits, bn_set = load_model_and_data(model, data, "test", num_classes=num_classes, image_size=image_size,
+                                               bn_data=bn_data, seed=seed, recalibrate=bn in ("recalibrate", "all"))
     cache = CorruptionCache(Path(corruption_cache) if corruption_cache else default_cache_dir())
-    if store is None and db is not None:
-        from ladle.results.store import ResultStore
-
-        with ResultStore(db) as opened:
-            return taste_specs(checkpoints, model=model, data=data, num_classes=num_classes, image_size=image_size, bn=bn,
-                               bn_data=bn_data, device=device, eval_batch_size=eval_batch_size, seed=seed, uniform=uniform,
-                               corruptions=corruptions, severities=severities, corruption_seed=corruption_seed,
-                               corruption_cache=corruption_cache, mce_baseline=mce_baseline, executor=executor,
-                               store=opened, progress=progress)
-    report = taste(checkpoints, spec, splits, bn=bn, bn_data=bn_set, uniform=uniform, device=device or default_device(),
-                   batch_size=eval_batch_size, progress=progress, corruptions=suites, corruption_seed=corruption_seed,
-                   cache=cache, mce_baseline=mce_baseline, executor=executor, store=store)
+    with opened(store, db) as store:
+        report = taste(checkpoints, spec, splits, bn=bn, bn_data=bn_set, uniform=uniform, device=device or default_device(),
+                       batch_size=eval_batch_size, progress=progress, corruptions=suites, corruption_seed=corruption_seed,
+                       cache=cache, mce_baseline=mce_baseline, executor=executor, store=store)
     if cache.damaged:
         report.notes.append(f"rebuilt {len(cache.damaged)} damaged corrupted set(s) in {cache.folder}")
     return report
