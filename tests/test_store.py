@@ -48,6 +48,14 @@ def fill(store: ResultStore) -> dict:
                         extra={"greedy_size": 3})
     store.put_study_row("soups", 0, "done", "-", kind="marker", accuracy=math.nan, best_single=math.nan,
                         gain=math.nan)
+    store.put_grid("g1", {"model": "tiny", "bn": "average"})
+    store.put_grid_model("g1", "sha-a", name="a", path="/runs/a.safetensors", accuracy=90.0, loss=0.3,
+                         corrupted_accuracy=math.nan, corrupted_loss=math.nan, branch_epoch=10, variant="v1")
+    store.put_grid_soups([dict(grid="g1", a="sha-a", b="sha-b", alpha=alpha, accuracy=80.0 + alpha, loss=0.5,
+                               corrupted_accuracy=math.nan, corrupted_loss=math.nan, gain=-10.0 + alpha,
+                               loss_gain=-0.2, corrupted_gain=math.nan, corrupted_loss_gain=math.nan, collapse=0)
+                          for alpha in (0.25, 0.5)])
+    store.put_grid_measures([dict(grid="g1", a="sha-a", b="sha-b", measures={"kl": 0.125, "l2": 3.0})])
     return {("sha-a", "fp-test", "average"): big}
 
 
@@ -92,13 +100,22 @@ def test_round_trip_every_table(tmp_path):
 
         assert store.tables() == list(TABLES)
         assert {t: len(store.rows(t)) for t in store.tables()} == {
-            "evaluations": 2, "ingredients": 3, "soups": 1, "corrupted_sets": 1, "study_rows": 2}
+            "evaluations": 2, "ingredients": 3, "soups": 1, "corrupted_sets": 1, "study_rows": 2, "grids": 1,
+            "grid_models": 1, "grid_soups": 2, "grid_measures": 1}
+        assert store.grids()[0]["settings"] == {"model": "tiny", "bn": "average"}
+        (model,) = store.grid_models("g1")
+        assert (model["name"], model["accuracy"], model["branch_epoch"], model["variant"]) == ("a", 90.0, 10, "v1")
+        assert math.isnan(model["corrupted_accuracy"])
+        assert [(r["alpha"], r["accuracy"], r["gain"]) for r in store.grid_soups("g1")] == [(0.25, 80.25, -9.75),
+                                                                                           (0.5, 80.5, -9.5)]
+        assert store.grid_measures("g1")[0]["measures"] == {"kl": 0.125, "l2": 3.0} and store.grid_soups("g2") == []
         assert all("logits" not in r for r in store.rows("evaluations"))
         assert all(isinstance(r["created"], str) for t in store.tables() for r in store.rows(t))
         summary = store.format_summary()
         assert summary.splitlines()[0].startswith(str(path)) and f"schema version {SCHEMA_VERSION}" in summary
         counts = {line.split()[0]: int(line.split()[1]) for line in summary.splitlines()[1:]}
-        assert counts == {"evaluations": 2, "ingredients": 3, "soups": 1, "corrupted_sets": 1, "study_rows": 2}
+        assert counts == {"evaluations": 2, "ingredients": 3, "soups": 1, "corrupted_sets": 1, "study_rows": 2,
+                          "grids": 1, "grid_models": 1, "grid_soups": 2, "grid_measures": 1}
         with pytest.raises(LadleError, match="unknown table 'nope'"):
             store.rows("nope")
 
@@ -418,6 +435,23 @@ def test_files_that_are_not_stores_are_refused_in_one_line(tmp_path):
     with pytest.raises(LadleError) as e:
         ResultStore(other)
     assert "not a ladle results store" in _one_line_naming(e.value, other)
+
+
+def test_a_version_1_store_gains_the_grid_tables_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with ResultStore(path) as store:
+        fill(store)
+    conn = sqlite3.connect(path)
+    for table in ("grids", "grid_models", "grid_soups", "grid_measures"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with ResultStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.count("ingredients") == 3 and store.count("grid_soups") == 0
+        store.put_grid("g", {})
+        assert store.count("grids") == 1
 
 
 def test_a_store_from_a_newer_schema_is_refused(tmp_path):

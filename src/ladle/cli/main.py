@@ -12,7 +12,7 @@ import sys
 from ladle.cli.common import EXIT_BAD_INPUT, Parser
 from ladle.errors import LadleError
 
-COMMANDS = ("check", "cook", "recipes", "taste", "corrupt", "train", "results", "study", "demo")
+COMMANDS = ("check", "cook", "recipes", "taste", "corrupt", "grid", "analyze", "train", "results", "study", "demo")
 
 
 def _module(name: str):

@@ -167,20 +167,26 @@ def _factory(spec: str, num_classes: int | None) -> nn.Module:
 
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: object = "soup") -> nn.Module:
     """Load a state dict, insisting that every key matches in name and shape (one line naming the first that does not)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
+    check_fit({k: tuple(v.shape) for k, v in model.state_dict().items()},
+              {k: tuple(v.shape) for k, v in state.items()}, source)
+    model.load_state_dict(dict(state), strict=True)
+    return model
+
+
+def check_fit(own: Mapping[str, tuple], given: Mapping[str, tuple], source: object = "soup") -> None:
+    """The model's tensors (`own`: key -> shape) all in `given` with their shapes and nothing extra, or one line
+    naming the file and the first tensor that is not: checked from headers before any weights are read."""
+    missing = [k for k in own if k not in given]
+    extra = [k for k in given if k not in own]
     if missing:
         raise LadleError(f"does not fit the model: {len(missing)} of its tensors are missing" +
                          (f" (and {len(extra)} are extra)" if extra else ""), file=source, key=missing[0])
     if extra:
         raise LadleError(f"does not fit the model: {len(extra)} tensors the model does not have", file=source, key=extra[0])
-    for k, v in own.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise LadleError(f"does not fit the model: shape {list(state[k].shape)}, the model needs {list(v.shape)}",
+    for k, shape in own.items():
+        if tuple(given[k]) != tuple(shape):
+            raise LadleError(f"does not fit the model: shape {list(given[k])}, the model needs {list(shape)}",
                              file=source, key=k)
-    model.load_state_dict(dict(state), strict=True)
-    return model
 
 
 def tiny_cnn(num_classes: int = 10) -> nn.Module:
@@ -190,3 +196,59 @@ def tiny_cnn(num_classes: int = 10) -> nn.Module:
         nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
     )
+
+
+class _BasicBlock(nn.Module):
+    """Two 3×3 convolutions with BatchNorm and an identity (or 1×1 projection) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))  # not in place: the batched soup evaluation vmaps this
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """Stem, three stages of basic blocks (widths w, 2w, 4w; the last two halve the resolution), pool, linear."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16, blocks: int = 1, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        stages, cin = [], width
+        for i, cout in enumerate((width, 2 * width, 4 * width)):
+            layers = []
+            for j in range(blocks):
+                layers.append(_BasicBlock(cin, cout, 2 if i > 0 and j == 0 else 1))
+                cin = cout
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(cin, num_classes)
+
+    def features(self, x):
+        """The penultimate features (pooled), what CKA compares."""
+        return self.pool(self.stages(self.stem(x)))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+
+def small_resnet(num_classes: int = 10, width: int = 16, blocks: int = 1) -> nn.Module:
+    """A small BatchNorm ResNet for small images, trained from scratch (`ladle.models:small_resnet`): the
+    branch-point study's CPU model. `blocks` basic blocks per stage; with width 16 and one block per stage it has
+    ~75 k parameters and costs ~0.8 M multiply-adds per 8×8 image (4× that at 16×16)."""
+    if width < 1 or blocks < 1:
+        raise ValueError(f"width and blocks must be ≥ 1, got width={width}, blocks={blocks}")
+    return SmallResNet(num_classes, width, blocks)

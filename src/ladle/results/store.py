@@ -4,7 +4,8 @@ Why SQLite: results survive a killed run (each row is one transaction), several 
 once (WAL journal, 60 s busy timeout), and nothing needs a server. Rows are keyed by content (checkpoint
 sha256, data fingerprint), so a rerun finds what is already computed and an upsert replaces a row.
 
-Schema (version 1; `meta` holds `schema_version`; a newer version is refused, not guessed at):
+Schema (version 2; `meta` holds `schema_version`; a newer version is refused, not guessed at; a version-1 store
+gains the grid tables when it is opened):
 
 | table            | key                                                   | columns                                                                                                                                   |
 |------------------|-------------------------------------------------------|-------------------------------------------------------------------------------------------------------------------------------------------|
@@ -13,10 +14,17 @@ Schema (version 1; `meta` holds `schema_version`; a newer version is refused, no
 | `soups`          | `sha256`                                              | `path`, `recipe`, `parameters` (JSON), `ingredients` (JSON list of sha256), `weights` (JSON), `manifest` (JSON), `created`                  |
 | `corrupted_sets` | `clean_fingerprint`, `suite`, `corruption`, `severity`, `seed` | `images`, `path`, `checksum`, `created`                                                                                          |
 | `study_rows`     | `study`, `seed`, `row`, `split`                       | `kind`, `accuracy`, `best_single`, `gain`, `extra` (JSON), `created`                                                                      |
+| `grids`          | `grid`                                                | `settings` (JSON: model, data fingerprints, corruption suites, BN policy), `created`                                                      |
+| `grid_models`    | `grid`, `model`                                       | `name`, `path`, `accuracy`, `loss`, `corrupted_accuracy`, `corrupted_loss`, `branch_epoch`, `variant`, `extra` (JSON), `created`          |
+| `grid_soups`     | `grid`, `a`, `b`, `alpha`                             | `accuracy`, `loss`, `corrupted_accuracy`, `corrupted_loss`, `gain`, `loss_gain`, `corrupted_gain`, `corrupted_loss_gain`, `collapse`, `extra` (JSON), `created` |
+| `grid_measures`  | `grid`, `a`, `b`                                      | `measures` (JSON: similarity measure -> value), `created`                                                                                  |
 
 - `evaluations.model` is the sha256 of the checkpoint file, or `soup_key(recipe, parameters, ingredient
   sha256s)` for a soup mixed in memory; `data` is the data set's fingerprint; `bn` is `average`,
   `recalibrate` or `first`.
+- `grid` is the content key of a grid's settings; `grid_models.model`, `grid_soups.a`/`b` are checkpoint sha256s
+  (a < b as strings); the soup at `alpha` is (1 − alpha)·a + alpha·b. Accuracies are percentages, losses mean NLL;
+  `corrupted_*` are means over the grid's corruption suite; gains are in percentage points (accuracy) and nats (loss).
 - `logits` are float32, little-endian, row-major, with their shape in `logits_shape`; they come back bit for
   bit. Blob columns are left out of `rows()` and of exports.
 - JSON columns are returned decoded; `created` is the UTC ISO time the row was (last) written. A NaN float
@@ -44,7 +52,7 @@ from ladle.io.writer import TMP_MARK, atomic_file
 if TYPE_CHECKING:
     import torch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 60.0
 FORMATS = ("csv", "parquet")
@@ -73,6 +81,19 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("study", "text"), ("seed", "int"), ("row", "text"), ("split", "text"), ("kind", "text"),
         ("accuracy", "real"), ("best_single", "real"), ("gain", "real"), ("extra", "json?"), ("created", "text"),
     ],
+    "grids": [("grid", "text"), ("settings", "json"), ("created", "text")],
+    "grid_models": [
+        ("grid", "text"), ("model", "text"), ("name", "text"), ("path", "text?"), ("accuracy", "real"), ("loss", "real"),
+        ("corrupted_accuracy", "real"), ("corrupted_loss", "real"), ("branch_epoch", "int?"), ("variant", "text?"),
+        ("extra", "json?"), ("created", "text"),
+    ],
+    "grid_soups": [
+        ("grid", "text"), ("a", "text"), ("b", "text"), ("alpha", "real"), ("accuracy", "real"), ("loss", "real"),
+        ("corrupted_accuracy", "real"), ("corrupted_loss", "real"), ("gain", "real"), ("loss_gain", "real"),
+        ("corrupted_gain", "real"), ("corrupted_loss_gain", "real"), ("collapse", "int"), ("extra", "json?"),
+        ("created", "text"),
+    ],
+    "grid_measures": [("grid", "text"), ("a", "text"), ("b", "text"), ("measures", "json"), ("created", "text")],
 }
 KEYS: dict[str, tuple[str, ...]] = {
     "evaluations": ("model", "data", "bn"),
@@ -80,6 +101,10 @@ KEYS: dict[str, tuple[str, ...]] = {
     "soups": ("sha256",),
     "corrupted_sets": ("clean_fingerprint", "suite", "corruption", "severity", "seed"),
     "study_rows": ("study", "seed", "row", "split"),
+    "grids": ("grid",),
+    "grid_models": ("grid", "model"),
+    "grid_soups": ("grid", "a", "b", "alpha"),
+    "grid_measures": ("grid", "a", "b"),
 }
 # Rows come back in insertion order unless a table has a more useful one.
 ORDER = {"ingredients": "sweep, run, rowid"}
@@ -210,6 +235,9 @@ class ResultStore:
             if version > SCHEMA_VERSION:
                 raise LadleError(f"written by a newer ladle (schema version {version}; this ladle reads up to "
                                  f"{SCHEMA_VERSION}): upgrade ladle to use it", file=self.path)
+            if version < SCHEMA_VERSION:
+                self._upgrade(conn)
+                have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             missing = [t for t in TABLES if t not in have]
             if missing:
                 raise LadleError(f"results store without table `{missing[0]}`", file=self.path)
@@ -220,6 +248,19 @@ class ResultStore:
             conn.close()
             raise
         self._conn, self._pid = conn, os.getpid()
+
+    @staticmethod
+    def _upgrade(conn: sqlite3.Connection) -> None:
+        """Older versions only lack tables: add them (IF NOT EXISTS, so two processes upgrading at once agree)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _schema_sql():
+                conn.execute(statement)
+            conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -298,14 +339,18 @@ class ResultStore:
         return out
 
     def _put(self, table: str, values: dict[str, Any]) -> None:
-        values = {**values, "created": _now()}
-        row = self._encode(table, values)
+        self._put_many(table, [values])
+
+    def _put_many(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Upsert rows in one transaction: all of them are stored, or (killed, failed) none."""
+        now = _now()
+        encoded = [self._encode(table, {**values, "created": now}) for values in rows]
         names = [n for n, _ in TABLES[table]]
         updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in KEYS[table])
         sql = (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
                f"ON CONFLICT ({', '.join(KEYS[table])}) DO UPDATE SET {updates}")
         with self._transaction(write=True) as conn:
-            conn.execute(sql, row)
+            conn.executemany(sql, encoded)
 
     @staticmethod
     def _decode(table: str, names: list[str], row: tuple) -> dict[str, Any]:
@@ -450,6 +495,34 @@ class ResultStore:
     def study_rows(self, study: str) -> list[dict]:
         """A study's rows in the order they were first written."""
         return self._select("study_rows", {"study": study})
+
+    # -- grids (pairwise soups) --------------------------------------------------------------------------
+
+    def put_grid(self, grid: str, settings: dict) -> None:
+        self._put("grids", dict(grid=grid, settings=settings))
+
+    def grids(self) -> list[dict]:
+        return self._select("grids")
+
+    def put_grid_model(self, grid: str, model: str, **values) -> None:
+        """One model's own figures in a grid (stored once; a rerun replaces them)."""
+        self._put("grid_models", dict(values, grid=grid, model=model))
+
+    def grid_models(self, grid: str) -> list[dict]:
+        return self._select("grid_models", {"grid": grid})
+
+    def put_grid_soups(self, rows: list[dict]) -> None:
+        """Soup rows (keys grid, a, b, alpha) in one transaction: a task's rows land together or not at all."""
+        self._put_many("grid_soups", rows)
+
+    def grid_soups(self, grid: str) -> list[dict]:
+        return self._select("grid_soups", {"grid": grid})
+
+    def put_grid_measures(self, rows: list[dict]) -> None:
+        self._put_many("grid_measures", rows)
+
+    def grid_measures(self, grid: str) -> list[dict]:
+        return self._select("grid_measures", {"grid": grid})
 
     # -- export --------------------------------------------------------------------------------------
 
