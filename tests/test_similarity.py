@@ -203,3 +203,12 @@ def test_correlations_leave_out_missing_values_without_warnings():
         assert math.isnan(pearson([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
         assert math.isnan(spearman([], []))
     assert caught == []
+
+
+def test_cka_with_more_features_than_examples_uses_the_example_space_form():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(20, 64, generator=g, dtype=torch.float64), torch.randn(20, 48, generator=g, dtype=torch.float64)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    feature_form = float((yc.T @ xc).square().sum() / ((xc.T @ xc).norm() * (yc.T @ yc).norm()))
+    assert linear_cka(x, y) == pytest.approx(feature_form, rel=1e-10)
+    assert linear_cka(x, x) == pytest.approx(1.0, rel=1e-12)

@@ -62,7 +62,8 @@ def disagreement(a, b) -> float:
 def linear_cka(x, y) -> float:
     """Linear CKA (Kornblith et al. 2019) of (n, d1) and (n, d2) features: ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F).
 
-    Columns are centred first. The feature-space form costs O(n d²), so many examples are cheap. 1 for
+    Columns are centred first. The feature-space form costs O(n d²), so many examples are cheap; with more
+    features than examples the example-space form ⟨XXᵀ, YYᵀ⟩ / (‖XXᵀ‖ ‖YYᵀ‖), O(n² d), is used instead. 1 for
     identical features, 0 for orthogonal ones, unchanged by rotations and isotropic scaling of either side;
     NaN when either side is constant (no variance to compare)."""
     x, y = _as_matrix(_f64(x)), _as_matrix(_f64(y))
@@ -70,8 +71,13 @@ def linear_cka(x, y) -> float:
         raise ValueError(f"linear_cka: different numbers of examples, {x.shape[0]} and {y.shape[0]}")
     x = x - x.mean(0, keepdim=True)
     y = y - y.mean(0, keepdim=True)
-    cross = float((y.T @ x).square().sum())
-    norm = float((x.T @ x).square().sum().sqrt() * (y.T @ y).square().sum().sqrt())
+    if x.shape[1] + y.shape[1] > 2 * x.shape[0]:
+        k, l = x @ x.T, y @ y.T
+        cross = float((k * l).sum())
+        norm = float(k.square().sum().sqrt() * l.square().sum().sqrt())
+    else:
+        cross = float((y.T @ x).square().sum())
+        norm = float((x.T @ x).square().sum().sqrt() * (y.T @ y).square().sum().sqrt())
     return cross / norm if norm > 0 else math.nan
 
 
