@@ -188,6 +188,10 @@ def test_a_finished_branch_is_never_trained_again(tmp_path, monkeypatch):
     ("variants: [[1.0, 1.2, 1.0]]\n", 1, "variants", "must stay < 1"),
     ("bn: sometimes\n", 1, "bn", "unknown BatchNorm policy"),
     ("nesterov: 3\n", 1, "nesterov", "must be true or false"),
+    ("corruptions: [imagenet-x]\n", 1, "corruptions", "unknown suite 'imagenet-x'"),
+    ("corruptions: [imagenet-c:smog]\n", 1, "corruptions", "'smog' is not in suite imagenet-c"),
+    ("corruptions: 3\n", 1, "corruptions", "must be a list of suites"),
+    ("severities: 7\n", 1, "severities", "must lie in 1-5"),
 ])
 def test_config_errors_name_the_file_line_and_field(tmp_path, text, line, field, message):
     path = tmp_path / "bp.yaml"
@@ -203,6 +207,8 @@ def test_the_shipped_configs():
     assert cpu.model == "ladle.models:small_resnet" and cpu.data == "digits" and cpu.bn == "train"
     assert cpu.variants == PAPER_VARIANTS and all(e < cpu.branch_end for e in cpu.branch_epochs)
     assert len(cpu.branch_epochs) * len(cpu.variants) <= 40  # the grid stays affordable
+    assert (cpu.corruptions, cpu.severities) == (("imagenet-c",), "3")
+    assert load_branch_config(None, {"corruptions": [], "severities": "1-5"}).corruptions == ()
     paper = load_branch_config(default_config_path("paper.yaml"))
     assert load_branch_config("paper.yaml") == paper  # a bare name: the shipped config
     assert (paper.model, paper.epochs, paper.batch_size, paper.checkpoint_every) == ("timm:resnet50", 300, 128, 10)

@@ -231,12 +231,11 @@ class SmallResNet(nn.Module):
                 cin = cout
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
 
     def features(self, x):
-        """The penultimate features (pooled), what CKA compares."""
-        return self.pool(self.stages(self.stem(x)))
+        """The penultimate features (mean-pooled, which vmap batches; AdaptiveAvgPool2d falls back to a loop)."""
+        return self.stages(self.stem(x)).mean(dim=(2, 3))
 
     def forward(self, x):
         return self.fc(self.features(x))

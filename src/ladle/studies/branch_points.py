@@ -44,6 +44,7 @@ from importlib import resources
 from pathlib import Path
 
 from ladle.errors import LadleError
+from ladle.training.config import _check_value, _fail
 
 DEFAULT_CONFIG = "branch-points.yaml"
 STUDY = "branch-points"
@@ -74,6 +75,8 @@ FIELDS: dict[str, tuple[type, bool, float | None, bool]] = {
     "bn": (str, False, None, False),
     "seed": (int, False, 0, False),
     "threads": (int, False, 1, False),
+    "corruptions": (object, False, None, False),  # parsed by _corruptions: the grid's corrupted suite
+    "severities": (object, False, None, False),  # '3', '1-5' or '1,3,5'
 }
 
 
@@ -102,6 +105,8 @@ class BranchConfig:
     bn: str
     seed: int
     threads: int
+    corruptions: tuple[str, ...] = ("imagenet-c",)
+    severities: str = "3"
     origin: str = "config"
 
     def checkpoint_epochs(self) -> list[int]:
@@ -117,6 +122,7 @@ class BranchConfig:
         d.pop("origin")
         d["branch_epochs"] = list(self.branch_epochs)
         d["variants"] = [list(v) for v in self.variants]
+        d["corruptions"] = list(self.corruptions)
         return d
 
 
@@ -160,30 +166,9 @@ def load_branch_config(path: str | Path | None = None, overrides: dict | None = 
     return _validate(fields, where, origin)
 
 
-def _fail(where: dict, field: str, problem: str):
-    raise LadleError(f"{where.get(field, 'config')}: field '{field}': {problem}")
-
-
 def _value(value, kind: type, nullable: bool, low, strict: bool, field: str, where: dict):
-    if value is None and nullable:
-        return None
-    if kind is float and isinstance(value, str):
-        try:  # PyYAML reads 5e-4 (no dot) as a string
-            value = float(value)
-        except ValueError:
-            pass
-    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str)}[kind]
-    if not ok:
-        names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-        _fail(where, field, f"must be {names[kind]}{' or null' if nullable else ''}, got {value!r}")
-    if kind is float:
-        value = float(value)
-        if not math.isfinite(value):
-            _fail(where, field, f"must be a finite number, got {value!r}")
-    if low is not None and (value <= low if strict else value < low):
-        _fail(where, field, f"must be {'>' if strict else '≥'} {low:g}, got {value!r}")
-    return value
+    """One field's value checked as sweep configs check theirs (one checker, one wording of errors)."""
+    return _check_value(value, kind, low, field, where, nullable=nullable, strict=strict)
 
 
 def _validate(fields: dict, where: dict, origin: str) -> BranchConfig:
@@ -213,6 +198,7 @@ def _validate(fields: dict, where: dict, origin: str) -> BranchConfig:
     if v["branch_end"] < v["epochs"]:
         _fail(where, "branch_end", f"must be ≥ epochs ({v['epochs']}) or null, got {v['branch_end']}")
     v["variants"] = _variants(fields.get("variants"), v["momentum"], where)
+    v["corruptions"], v["severities"] = _corruptions(fields.get("corruptions"), fields.get("severities"), where)
     partial = BranchConfig(**{**v, "branch_epochs": ()}, origin=origin)
     v["branch_epochs"] = _branch_epochs(fields.get("branch_epochs"), partial, where)
     return BranchConfig(**v, origin=origin)
@@ -232,6 +218,28 @@ def _variants(value, momentum: float, where: dict) -> tuple:
     if len(set(out)) != len(out):
         _fail(where, "variants", "lists a variant twice")
     return tuple(out)
+
+
+def _corruptions(suites, severities, where: dict) -> tuple[tuple[str, ...], str]:
+    """The grid's corruption suite: a list of specs (`imagenet-c`, `imagenet-c:fog,snow`, `laion-c`; empty:
+    clean only) and the severities, checked now so a typo fails before any training."""
+    from ladle.shifts.corruptions import parse_severities, parse_suite
+
+    if suites is None:
+        suites = []
+    if isinstance(suites, str):
+        suites = [suites]
+    if not isinstance(suites, list) or not all(isinstance(x, str) for x in suites):
+        _fail(where, "corruptions", f"must be a list of suites such as [imagenet-c], got {suites!r}")
+    severities = str(severities if severities is not None else "3")
+    try:
+        levels = parse_severities(severities)
+        for text in suites:
+            parse_suite(text, levels)
+    except LadleError as e:
+        field = "severities" if str(e).startswith("severities") else "corruptions"
+        _fail(where, field, str(e).partition(": ")[2])
+    return tuple(suites), severities
 
 
 def _branch_epochs(value, cfg: BranchConfig, where: dict) -> tuple[int, ...]:
@@ -644,9 +652,6 @@ def _load(spec: str, image_size: int, seed: int):
     return _DATA[key]
 
 
-GRID_CORRUPTIONS = ("imagenet-c",)  # the corrupted figures of the study's grid: every ImageNet-C kind at severity 3
-GRID_SEVERITIES = "3"
-
 
 def study_branch_points(out: Path, *, config=None, executor=None, db=None, device=None, progress: bool = False) -> dict:
     """The whole study, resumable through the store: train the stock and its branches, grid every pair at
@@ -666,8 +671,8 @@ def study_branch_points(out: Path, *, config=None, executor=None, db=None, devic
     try:
         records = train_branch_points(cfg, out, executor=executor, device=device, progress=True)
         settings = GridSettings(model=cfg.model, data=f"{cfg.data}:test", num_classes=cfg.num_classes,
-                                image_size=cfg.image_size, seed=cfg.data_seed, corruptions=GRID_CORRUPTIONS,
-                                severities=GRID_SEVERITIES, device=device, batch_size=2048, soups_per_pass=1,
+                                image_size=cfg.image_size, seed=cfg.data_seed, corruptions=cfg.corruptions,
+                                severities=cfg.severities, device=device, batch_size=2048, soups_per_pass=1,
                                 threads=cfg.threads)
         result = run_grid([r["path"] for r in records], settings, alphas=[0.5], db=db, executor=executor,
                           names=[r["name"] for r in records],

@@ -147,7 +147,7 @@ def _fail(where: dict, field: str, problem: str):
     raise LadleError(f"{where.get(field, 'config')}: field '{field}': {problem}")
 
 
-def _check_value(value, kind: type, low, field: str, where: dict, nullable: bool = False):
+def _check_value(value, kind: type, low, field: str, where: dict, nullable: bool = False, strict: bool = False):
     """One value converted to its kind, or a one-line error naming where it was given."""
     if value is None and nullable:
         return None
@@ -168,7 +168,7 @@ def _check_value(value, kind: type, low, field: str, where: dict, nullable: bool
         if not math.isfinite(value):
             _fail(where, field, f"must be a finite number, got {value!r}")
     if low is not None and kind in (int, float):
-        if RANGES.get(field) == "> 0" and value <= low:
+        if (strict or RANGES.get(field) == "> 0") and value <= low:
             _fail(where, field, f"must be > {low:g}, got {value!r}")
         if value < low:
             _fail(where, field, f"must be ≥ {low:g}, got {value!r}")
