@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from ladle.models.specs import small_resnet
-from ladle.studies.branch_points import GRID_CORRUPTIONS, GRID_SEVERITIES, load_branch_config
+from ladle.studies.branch_points import load_branch_config
 from ladle.studies.grid import GridSettings, build_context, mix_pair, run_grid, split_scores
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     paths = make_models(work / "models", args.models, 16)  # the study's small_resnet width
     torch.set_num_threads(1)
     base = GridSettings(model=cfg.model, data=f"{cfg.data}:test", image_size=cfg.image_size,
-                        corruptions=GRID_CORRUPTIONS, severities=GRID_SEVERITIES, threads=1)
+                        corruptions=cfg.corruptions, severities=cfg.severities, threads=1)
     from safetensors.torch import load_file
 
     states = [load_file(str(p)) for p in paths]
