@@ -1,4 +1,5 @@
-"""`ladle train sweep`: fine-tune ingredients from one stock, one executor task per run (resumable)."""
+"""`ladle train sweep`: fine-tune ingredients from one stock, one executor task per run (resumable).
+`ladle train ssl`: one self-supervised run (labels ignored) through the same sweep machinery."""
 
 from __future__ import annotations
 
@@ -26,8 +27,46 @@ def add_parser(sub) -> None:
     db_option(sweep, "each run gets an ingredient row; default: none")
     sweep.add_argument("--out", required=True, metavar="DIR")
 
+    ssl = train_sub.add_parser("ssl", help="train one self-supervised ingredient (labels ignored): its encoder")
+    ssl.add_argument("--objective", required=True, help="mocov3, mmcr, mae (ViT), masked (CNN), or package.module:Class")
+    ssl.add_argument("--model", metavar="SPEC", help="stock model (default efficientnet-lite0)")
+    ssl.add_argument("--data", metavar="SOURCE", help="its train split trains (labels unused); default digits")
+    ssl.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
+    ssl.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    ssl.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
+    ssl.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.05)
+    ssl.add_argument("--optimiser", default="adamw")
+    ssl.add_argument("--schedule", default="cosine")
+    ssl.add_argument("--bn", default="frozen", help="BatchNorm policy: frozen (default) or train")
+    ssl.add_argument("--set", dest="knobs", action="append", default=[], metavar="KNOB=VALUE",
+                     help="an objective hyper-parameter, e.g. --set temperature=0.1 (repeatable)")
+    ssl.add_argument("--image-size", dest="image_size", type=int, help="default 64")
+    ssl.add_argument("--seed", type=int, help="default 0")
+    ssl.add_argument("--threads", type=int, help="torch threads (default 1)")
+    ssl.add_argument("--device", default=None)
+    executor_option(ssl, "trains the run")
+    db_option(ssl, "the run gets an ingredient row; default: none")
+    ssl.add_argument("--out", required=True, metavar="DIR")
+
 
 OVERRIDES = ("model", "num_classes", "data", "runs", "epochs", "batch_size", "lp_steps", "image_size", "seed", "threads")
+
+
+def ssl_config(args) -> dict:
+    """The one-run sweep that `ladle train ssl` stands for: no linear probe, a fixed step count."""
+    import yaml
+
+    from ladle.errors import LadleError
+
+    config = {"objective": args.objective, "runs": 1, "lp_steps": 0, "steps": args.steps, "epochs": 1,
+              "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+              "optimiser": args.optimiser, "schedule": args.schedule, "bn": args.bn}
+    for item in args.knobs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LadleError(f"--set: expected KNOB=VALUE, got '{item}'")
+        config[key.strip()] = yaml.safe_load(value)
+    return config
 
 
 def run(args) -> int:
@@ -36,7 +75,8 @@ def run(args) -> int:
 
     from ladle.training import run_sweep
 
-    overrides = {k: getattr(args, k) for k in OVERRIDES}
+    config = args.config if args.train_command == "sweep" else ssl_config(args)
+    overrides = {k: getattr(args, k, None) for k in OVERRIDES}
     with contextlib.ExitStack() as stack:
         executor = store = None
         if args.executor:
@@ -48,7 +88,7 @@ def run(args) -> int:
             from ladle.results.store import ResultStore
 
             store = stack.enter_context(ResultStore(Path(args.db)))
-        records = run_sweep(args.config, Path(args.out), overrides=overrides, executor=executor, store=store,
+        records = run_sweep(config, Path(args.out), overrides=overrides, executor=executor, store=store,
                             device=args.device, progress=show_progress(args))
     for r in records:
         print(describe(r))
@@ -64,5 +104,6 @@ def describe(record: dict) -> str:
     parts = [record.get(k, v) for k, v in (("objective", "cross_entropy"), ("optimiser", "adamw"),
                                            ("schedule", "one_cycle"), ("bn", "frozen"))]
     extra = "" if parts == ["cross_entropy", "adamw", "one_cycle", "frozen"] else f"  [{', '.join(parts[:3])}, bn {parts[3]}]"
-    return (f"{record['path']}: held-out {100 * record['heldout_accuracy']:.2f}%  lr {hp['lr']:g} wd {hp['weight_decay']:g}"
+    readout = " (kNN)" if record.get("encoder_only") else ""
+    return (f"{record['path']}: held-out{readout} {100 * record['heldout_accuracy']:.2f}%  lr {hp['lr']:g} wd {hp['weight_decay']:g}"
             f"{knobs} seed {hp['seed']}{extra}")

@@ -233,9 +233,13 @@ class SmallResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(cin, num_classes)
 
+    def forward_features(self, x):
+        """The last feature map (N, 4w, h/4, w/4), what a masked-image decoder reads."""
+        return self.stages(self.stem(x))
+
     def features(self, x):
         """The penultimate features (mean-pooled, which vmap batches; AdaptiveAvgPool2d falls back to a loop)."""
-        return self.stages(self.stem(x)).mean(dim=(2, 3))
+        return self.forward_features(x).mean(dim=(2, 3))
 
     def forward(self, x):
         return self.fc(self.features(x))

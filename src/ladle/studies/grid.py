@@ -426,7 +426,7 @@ def model_outputs(ev, split: str, paths, examples: int):
     import torch
 
     from ladle.io.checkpoints import open_ingredient
-    from ladle.training.loop import classifier_of
+    from ladle.models.encoder import classifier_of
 
     head = classifier_of(ev.model)
     captured = []

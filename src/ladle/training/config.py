@@ -39,6 +39,7 @@ SETTINGS: dict[str, tuple[type, bool, float | None]] = {
     "threads": (int, False, 1),
     "lp_steps": (int, False, 0),
     "lp_lr": (float, False, 0.0),
+    "steps": (int, True, 1),  # optimiser steps per run; null: `epochs` decide
 }
 CHOICES = ("objective", "optimiser", "schedule", "bn")  # names in the registries
 # Hyper-parameters every run has (type, lowest value): drawn before the parts' knobs, and after them.
@@ -87,7 +88,8 @@ class SweepConfig:
 
     def to_dict(self) -> dict:
         """Every field, one value or a list: the sweep as a config file would say it."""
-        return dict(self.settings) | {k: v[0] if len(v) == 1 else list(v) for k, v in self.space.items()}
+        settings = {k: v for k, v in self.settings.items() if not (k == "steps" and v is None)}  # ids stay as before
+        return settings | {k: v[0] if len(v) == 1 else list(v) for k, v in self.space.items()}
 
 
 def default_config_path() -> Path:
@@ -133,6 +135,9 @@ def load_config(config: dict | str | Path | None = None, overrides: dict | None 
         explicit |= set(config)
     elif config is not None:
         path = Path(config)
+        shipped = default_config_path().with_name(path.name)
+        if not path.exists() and path.parent == Path(".") and shipped.is_file():
+            path = shipped  # `--config ssl-sweep.yaml`: the example shipped with ladle
         data, lines = read_yaml_mapping(path)
         layer(data, path, lines, path.parent)
         explicit |= set(data)
@@ -281,6 +286,8 @@ def sample_run(config: SweepConfig, run: int) -> Run:
     for part in ("objective", "optimiser", "schedule"):
         hp |= {k: drawn[k] for k in knobs_of(_factory(part, drawn[part]))}
     hp |= {"epochs": drawn["epochs"], "batch_size": drawn["batch_size"], "seed": config.seed * 1000 + run}
+    if config.steps:
+        hp["steps"] = config.steps
     return Run(drawn["objective"], drawn["optimiser"], drawn["schedule"], drawn["bn"], hp)
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ladle.errors import LadleError
 from ladle.evaluation.evaluator import channels_last
+from ladle.models.encoder import classifier_of
 from ladle.training.objectives import Batch, CrossEntropy, Objective, knobs_of, make_objective
 
 
@@ -156,15 +157,6 @@ def train(model: nn.Module, objective: Objective, data, *, optimiser: Callable, 
     return losses
 
 
-def classifier_of(model: nn.Module) -> nn.Module:
-    if hasattr(model, "get_classifier"):
-        return model.get_classifier()
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise LadleError("model: no classifier layer found for the linear probe")
-    return linears[-1]
-
-
 def linear_probe(model: nn.Module, data, mean, std, *, steps: int = 10, lr: float = 1e-2, batch_size: int = 32,
                  seed: int = 0, device="cpu", progress=False) -> list[float]:
     """A short linear probe of the head only (not to zero loss): the LP of LP-FT. AdamW, one-cycle, frozen BN."""
@@ -193,9 +185,11 @@ def finetune(model: nn.Module, data, run, mean, std, device="cpu", progress=Fals
     opt = optimiser(run.optimiser, lr=hp["lr"], weight_decay=hp["weight_decay"],
                     **_pick(hp, knobs_of(OPTIMISERS[run.optimiser])))
     sched = schedule(run.schedule, lr=hp["lr"], **_pick(hp, knobs_of(SCHEDULES[run.schedule])))
-    return train(model, objective, data, optimiser=opt, schedule=sched, bn=run.bn, epochs=hp["epochs"],
-                 batch_size=hp["batch_size"], seed=hp["seed"], mean=mean, std=std, device=device, progress=progress,
-                 desc=f"fine-tune seed {hp['seed']}")
+    steps = hp.get("steps")  # a fixed number of steps, however many epochs that takes
+    return train(model, objective, data, optimiser=opt, schedule=sched, bn=run.bn,
+                 epochs=1 << 20 if steps else hp["epochs"], max_steps=steps, batch_size=hp["batch_size"],
+                 seed=hp["seed"], mean=mean, std=std, device=device, progress=progress,
+                 desc=f"{'train' if objective.encoder_only else 'fine-tune'} seed {hp['seed']}")
 
 
 def _pick(hp: dict, knobs: dict) -> dict:

@@ -190,6 +190,7 @@ def train_run(task: RunTask) -> dict:
     from ladle.io.checkpoints import open_ingredient
     from ladle.io.hashing import sha256_file
     from ladle.models import load_weights, model_spec
+    from ladle.models.encoder import encoder_state, head_keys
     from ladle.training.objectives import knobs_of, make_objective, objective_class
 
     with torch_threads(task.threads):
@@ -214,14 +215,21 @@ def train_run(task: RunTask) -> dict:
         record = {"role": "ingredient", "model": task.model, "run": task.run, **plan.parts(), "hyperparameters": hp,
                   "stock_sha256": task.stock_sha256, "threads": task.threads,
                   "final_train_loss": losses[-1] if losses else None,
-                  "heldout_accuracy": accuracy(model, heldout, spec.mean, spec.std, task.device),
                   "data": {"train": train.source, "heldout": heldout.source}}
+        if objective.encoder_only:  # labels unused in training; the encoder is read out by kNN on the train split
+            from ladle.evaluation.knn import K, TEMPERATURE, knn_accuracy
+
+            record |= {"encoder_only": True, "head_keys": head_keys(model), "readout": {"knn": K, "T": TEMPERATURE},
+                       "heldout_accuracy": knn_accuracy(model, train, heldout, spec.mean, spec.std, device=task.device)}
+        else:
+            record["heldout_accuracy"] = accuracy(model, heldout, spec.mean, spec.std, task.device)
         extra = objective.extra_state()
         if extra:  # the objective's heads, beside the ingredient (which holds the model's tensors only)
             side = out.with_name(f"objective-{task.run:02d}.safetensors")
             sha = _write(side, extra, {"role": "objective_state", "objective": plan.objective, "run": task.run})
             record["objective_state"] = {"path": side.name, "sha256": sha}
-        sha = save_checkpoint(out, model, record)
+        tensors = encoder_state(model) if objective.encoder_only else model.state_dict()
+        sha = _write(out, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, record)
     return dict(record, path=str(out), sha256=sha)
 
 
