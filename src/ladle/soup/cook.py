@@ -64,6 +64,8 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
     spec = RECIPES[recipe]
     options = cook_options(**{k: params.pop(k) for k in list(params) if k in OPTION_NAMES})
     base, force, include, exclude = options["base"], options["force"], options["include"], options["exclude"]
+    if options["encoder_only"]:
+        exclude = [*exclude, *encoder_exclusions([*ingredients, *([base] if base is not None else [])])]
     accumulate, dtype, int_policy = options["accumulate"], options["dtype"], options["int_policy"]
     reject_nonfinite, max_shard_size = options["reject_nonfinite"], options["max_shard_size"]
     params = spec.validate(params)
@@ -90,7 +92,8 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
         if m.kind == "dtype" and out_dtype is not None:
             continue
         hint = "; pass --dtype to soup mixed dtypes" if m.kind == "dtype" else (
-            "; use --include/--exclude to soup only the shared part" if m.kind in ("missing", "extra") else "")
+            "; use --encoder-only or --include/--exclude to soup only the shared part" if m.kind in ("missing", "extra")
+            else "")
         raise LadleError(m.message + hint, file=m.file, key=m.key)
     if out is not None:
         check_destination(Path(out), force)  # before any (possibly long) tasting
@@ -133,6 +136,34 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
         notes.append(f"{len(int_disagreements)} integer tensors differ between ingredients; kept the first ingredient's "
                      f"(e.g. '{int_disagreements[0]}')")
     return Soup(manifest, state if writer is None else None, Path(out) if out is not None else None, sha, notes)
+
+
+def encoder_exclusions(paths: list) -> list[str]:
+    """Exclude patterns (exact keys, glob-escaped) for every ingredient's head: the `head_keys` its record names
+    (a `ladle train ssl` ingredient), else the classifier of the model its record names; one line otherwise."""
+    import glob
+
+    from ladle.io.manifest import read_manifest
+    from ladle.models.encoder import head_keys
+
+    heads: set[str] = set()
+    for path in paths:
+        if not isinstance(path, (str, Path)):
+            raise LadleError("--encoder-only needs checkpoint files whose record names their head")
+        try:
+            record = read_manifest(path) or {}
+        except (LadleError, ValueError, OSError):
+            record = {}
+        if "head_keys" in record:
+            heads.update(record["head_keys"])
+        elif isinstance(record.get("model"), str):
+            from ladle.models import build_model
+
+            heads.update(head_keys(build_model(record["model"], record.get("num_classes"))))
+        else:
+            raise LadleError("--encoder-only: its record names no head (head_keys) and no model; leave the head out "
+                             "with --exclude PATTERN instead", file=path)
+    return [glob.escape(k) for k in sorted(heads)]
 
 
 def _describe_ingredient(ing: Ingredient, digests: dict[str, str]) -> dict:

@@ -12,6 +12,7 @@ def _declaration(
     force: Annotated[bool, "overwrite an existing output"] = False,
     include: Annotated[list[str], "soup only keys matching these globs (repeatable)"] = (),
     exclude: Annotated[list[str], "leave out keys matching these globs (repeatable)"] = (),
+    encoder_only: Annotated[bool, "soup the shared encoder only: each ingredient's head (as its record or model names it) is left out"] = False,
     accumulate: Annotated[Literal["float32", "float64"], "accumulator dtype (float64 inputs always accumulate in float64)"] = "float32",
     dtype: Annotated[str, "output dtype of floating tensors: float32, float16, bfloat16 (needed when the ingredients' dtypes differ)"] = None,
     int_policy: Annotated[Literal["first", "strict"], "integer tensors are never averaged: keep the first's, or require agreement"] = "first",
