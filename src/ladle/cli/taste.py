@@ -12,6 +12,11 @@ def add_parser(sub) -> None:
     p.add_argument("--bn", choices=["average", "recalibrate", "first", "all"], default="average",
                    help="BatchNorm statistics of soups: averaged (default), recomputed on --bn-data, the first "
                         "ingredient's, or all three side by side")
+    p.add_argument("--readout", choices=["head", "knn"], default="head",
+                   help="read models out by their classifier (default) or by weighted kNN (k 20, T 0.07) against a "
+                        "labelled bank: encoders need no head")
+    p.add_argument("--knn-bank", dest="knn_bank", metavar="SOURCE[:split]",
+                   help="the kNN bank (default: the train split of the first --data source)")
     p.add_argument("--no-uniform", dest="uniform", action="store_false", help="do not add the uniform soup of the ingredients")
     corruption_options(p)
     p.add_argument("--corruptions", action="append", metavar="SUITE[:NAME,…]",
@@ -34,7 +39,7 @@ def run(args) -> int:
                          corruptions=args.corruptions or (), severities=args.severities,
                          corruption_seed=args.corruption_seed, corruption_cache=args.corruption_cache,
                          mce_baseline=args.mce_baseline, executor=args.executor or "local", db=db,
-                         progress=show_progress(args))
+                         progress=show_progress(args), readout=args.readout, knn_bank=args.knn_bank)
     for text in report.notes:
         note(text)
     if args.report:

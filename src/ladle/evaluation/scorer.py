@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 from ladle.errors import LadleError
 from ladle.evaluation.evaluator import Evaluator, Metrics, channels_last
+from ladle.models.encoder import embed, head_keys
 from ladle.soup.stream import mix_stream
 
 
@@ -40,8 +41,9 @@ class Taster:
     def progress(self) -> bool:
         return self.evaluator.progress
 
-    def bind(self, ingredients, keys: list[str]) -> None:
-        """Use these ingredients; each must fit the model exactly (no missing, extra or mis-shaped tensor)."""
+    def bind(self, ingredients, keys: list[str], encoder_only: bool = False) -> None:
+        """Use these ingredients; each must fit the model exactly (no missing, extra or mis-shaped tensor), but for
+        the head with `encoder_only` (the model's own head then stands in)."""
         self.ingredients, self.keys = list(ingredients), list(keys)
         names = [i.name for i in self.ingredients]
         # cache keys must tell apart the same file given twice
@@ -49,7 +51,8 @@ class Taster:
         self._group = hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:12]
         own = {k: tuple(v.shape) for k, v in self.evaluator.model.state_dict().items()}
         given = set(keys)
-        missing = [k for k in own if k not in given]
+        optional = set(head_keys(self.evaluator.model)) if encoder_only else set()
+        missing = [k for k in own if k not in given and k not in optional]
         if missing:
             raise LadleError("does not fit the model: it needs this tensor (check --include/--exclude)",
                              file=self.ingredients[0].name, key=missing[0])
@@ -86,6 +89,11 @@ class Taster:
         model = self.evaluator.model.eval()
         out = functional_call(model, state, (channels_last(x),))
         return out.logits if hasattr(out, "logits") else out
+
+    def embed(self, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Embeddings (the classifier's input) of the model with `state` in place of its tensors (with gradients)."""
+        model = self.evaluator.model.eval()
+        return embed(model, channels_last(x), call=lambda inputs: functional_call(model, state, (inputs,)))
 
     def batches(self, batch_size: int, generator: torch.Generator):
         """One epoch of (inputs, labels) of the split in a seeded random order, on the device."""

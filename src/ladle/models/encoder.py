@@ -38,12 +38,13 @@ def encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in drop}
 
 
-def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The embedding of x: the classifier's input, flattened, with gradients (the model runs whole)."""
+def embed(model: nn.Module, x: torch.Tensor, call=None) -> torch.Tensor:
+    """The embedding of x: the classifier's input, flattened, with gradients (the model runs whole). `call(x)` runs
+    the model another way (e.g. torch.func.functional_call with other weights)."""
     captured: list[torch.Tensor] = []
     hook = classifier_of(model).register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
     try:
-        model(x)
+        (call or model)(x)
     finally:
         hook.remove()
     return captured[0].flatten(1)

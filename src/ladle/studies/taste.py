@@ -87,9 +87,11 @@ def is_soup(path) -> bool:
 def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: str | list[str] = "average",
           bn_data: ImageSet | None = None, uniform: bool = True, device="cpu", batch_size: int = 256,
           progress: bool = False, corruptions: list[SuiteSpec] = (), corruption_seed: int = 0,
-          cache: CorruptionCache | None = None, mce_baseline: str = "best", executor=None, store=None) -> TasteReport:
+          cache: CorruptionCache | None = None, mce_baseline: str = "best", executor=None, store=None,
+          knn_bank: ImageSet | None = None) -> TasteReport:
     """Evaluate checkpoints, the uniform soup of the ingredients and their ensemble on every split,
-    and on the corrupted copies of every split that the corruption suites make."""
+    and on the corrupted copies of every split that the corruption suites make. With `knn_bank` (labelled
+    images), every model is read out by weighted kNN against its embeddings of the bank instead of its head."""
     from ladle.soup.cook import cook
 
     policies = list(BN_POLICIES) if bn == "all" else ([bn] if isinstance(bn, str) else list(bn))
@@ -102,6 +104,11 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
     shifted, grids = shifted_splits(data, corruptions, seed=corruption_seed, cache=cache, progress=progress,
                                     executor=executor)
     every = dict(data) | shifted
+    if knn_bank is not None:
+        if policies != ["average"]:
+            raise LadleError("taste: --readout knn reads soups with averaged BatchNorm statistics only (--bn average)")
+        rows = knn_rows(checkpoints, spec, every, knn_bank, uniform=uniform, device=device, batch_size=batch_size)
+        return _report(data, rows, grids, corruptions, shifted, mce_baseline)
     evaluators = {p: Evaluator(model, every, mean=spec.mean, std=spec.std, device=device, batch_size=batch_size, bn=p,
                                bn_data=bn_data, progress=progress, store=store) for p in policies}
     base_ev = evaluators[policies[0]]
@@ -135,6 +142,10 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
     if len(ingredient_names) > 1:
         rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
                         {s: base_ev.ensemble(ingredient_names, s) for s in every}))
+    return _report(data, rows, grids, corruptions, shifted, mce_baseline)
+
+
+def _report(data, rows, grids, corruptions, shifted, mce_baseline) -> TasteReport:
     shifts = [ShiftReport(clean, suite, [ModelShift(r.name + (f" (bn {r.bn})" if r.bn else ""), r.kind, r.accuracy(clean),
                                                     {cell: r.accuracy(split) for cell, split in cells.items()})
                                          for r in rows], mce_baseline)
@@ -143,6 +154,59 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
         shift.baseline_model()  # an unknown --mce-baseline fails here, before anything is written
     note = resize_note(shifted.values())
     return TasteReport(list(data), rows, shifts, [note] if note else [])
+
+
+def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict[str, ImageSet], bank: ImageSet, *, uniform: bool = True,
+             device="cpu", batch_size: int = 256) -> list[Row]:
+    """Rows read out by weighted kNN (ladle.evaluation.knn): encoders need no head, so encoder-only ingredients
+    and soups are tasted as they are; the ensemble averages the ingredients' kNN class probabilities."""
+    import torch
+
+    from ladle.evaluation.evaluator import metrics_from_logits
+    from ladle.evaluation.knn import embeddings, knn_scores
+    from ladle.models.encoder import head_keys
+    from ladle.soup.cook import cook
+
+    model = spec.build().to(device)
+    own, heads = model.state_dict(), set(head_keys(model))
+
+    def probabilities(name: str, state: dict) -> dict[str, torch.Tensor]:
+        for key in own:
+            if key not in state and key not in heads:
+                raise LadleError("does not fit the model's encoder: it needs this tensor", file=name, key=key)
+        for key, value in state.items():
+            if key not in own or tuple(value.shape) != tuple(own[key].shape):
+                raise LadleError(f"does not fit the model: shape {list(value.shape)}" if key in own else
+                                 "does not fit the model: a tensor the model does not have", file=name, key=key)
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        bank_embeddings = embeddings(model, bank, spec.mean, spec.std, device=device, batch_size=batch_size)
+        out = {}
+        for split, data in splits.items():
+            scores = knn_scores(bank_embeddings, bank.y, embeddings(model, data, spec.mean, spec.std, device=device,
+                                                                    batch_size=batch_size), bank.num_classes)
+            out[split] = scores / scores.sum(1, keepdim=True)
+        return out
+
+    def row(name: str, kind: str, probs: dict) -> Row:
+        return Row(name, kind, {s: metrics_from_logits(p.clamp_min(1e-12).log(), splits[s].y) for s, p in probs.items()})
+
+    rows, states, ingredient_probs, soups = [], [], [], []
+    for ckpt in checkpoints:
+        ing = open_ingredient(ckpt)
+        state = {k: ing.get(k) for k in ing.keys() if k not in heads}  # the encoder: heads are not read
+        if is_soup(ckpt):
+            soups.append((ing.name, state))
+            continue
+        states.append(state)
+        ingredient_probs.append(probabilities(ing.name, state))
+        rows.append(row(ing.name, "ingredient", ingredient_probs[-1]))
+    if uniform and len(states) > 1:
+        soups.insert(0, ("uniform soup", cook("uniform", states).state_dict))
+    rows += [row(name, "soup", probabilities(name, state)) for name, state in soups]
+    if len(ingredient_probs) > 1:
+        rows.append(row(f"ensemble of {len(ingredient_probs)}", "ensemble",
+                        {s: torch.stack([p[s] for p in ingredient_probs]).mean(0) for s in splits}))
+    return rows
 
 
 def content_key(ing) -> str | None:
@@ -199,7 +263,8 @@ def taste_specs(checkpoints: list, *, model: str, data: list[str], num_classes: 
                 bn: str = "average", bn_data: str | None = None, device: str | None = None, eval_batch_size: int = 256,
                 seed: int = 0, uniform: bool = True, corruptions: list[str] = (), severities: str = "1-5",
                 corruption_seed: int = 0, corruption_cache: str | None = None, mce_baseline: str = "best",
-                executor=None, store=None, db=None, progress: bool = False) -> TasteReport:
+                executor=None, store=None, db=None, progress: bool = False, readout: str = "head",
+                knn_bank: str | None = None) -> TasteReport:
     """`taste` from specs (what `ladle taste` calls): data and model built once, corruption suites parsed.
     Evaluations go to the results store (`store`, or the file `db`, opened once the input is known to be good)."""
     from ladle.evaluation.tasting import default_device, load_model_and_data
@@ -217,11 +282,20 @@ def taste_specs(checkpoints: list, *, model: str, data: list[str], num_classes: 
             alexnet_baseline(suite.cells())
     spec, splits, bn_set = load_model_and_data(model, data, "test", num_classes=num_classes, image_size=image_size,
                                                bn_data=bn_data, seed=seed, recalibrate=bn in ("recalibrate", "all"))
+    bank = None
+    if readout == "knn":  # the bank: labelled images, by default the train split of the first data source
+        from ladle.data.load import parse_spec
+        from ladle.evaluation.tasting import load_splits
+
+        bank_spec = knn_bank or f"{parse_spec(data[0])[0]}:train"
+        bank = next(iter(load_splits([bank_spec], "train", image_size=image_size, seed=seed).values()))
+    elif readout != "head":
+        raise LadleError(f"taste: --readout must be head or knn, got '{readout}'")
     cache = CorruptionCache(Path(corruption_cache) if corruption_cache else default_cache_dir())
     with opened(store, db) as store:
         report = taste(checkpoints, spec, splits, bn=bn, bn_data=bn_set, uniform=uniform, device=device or default_device(),
                        batch_size=eval_batch_size, progress=progress, corruptions=suites, corruption_seed=corruption_seed,
-                       cache=cache, mce_baseline=mce_baseline, executor=executor, store=store)
+                       cache=cache, mce_baseline=mce_baseline, executor=executor, store=store, knn_bank=bank)
     if cache.damaged:
         report.notes.append(f"rebuilt {len(cache.damaged)} damaged corrupted set(s) in {cache.folder}")
     return report
