@@ -1,4 +1,4 @@
-"""`ladle study soups|branch-points --out DIR`: studies over the results store, resumable."""
+"""`ladle study soups|branch-points|self-soup --out DIR`: studies over the results store, resumable."""
 
 from __future__ import annotations
 
@@ -32,10 +32,26 @@ def add_parser(sub) -> None:
     executor_option(bp, "trains the branches and soups the pairs")
     db_option(bp, "default OUT/results.sqlite")
 
+    ss = kinds.add_parser("self-soup", help="self-supervised soups: inter-train on unlabelled target images, "
+                                            "fine-tune back, soup, and compare with the controls")
+    ss.add_argument("--out", required=True, metavar="DIR", help="data halves, ingredients, soups, results.md and the store")
+    ss.add_argument("--config", metavar="FILE.yaml",
+                    help="the study's config (default: the CPU-scale one shipped with ladle, self-soup.yaml)")
+    ss.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    ss.add_argument("--json", action="store_true", help="print the results table as JSON")
+    executor_option(ss, "trains the control sweep and fine-tunes back")
+
 
 def run(args) -> int:
     from pathlib import Path
 
+    if args.study == "self-soup":
+        from ladle.studies.self_soup import format_table, study_self_soup
+
+        table = study_self_soup(Path(args.out), config=args.config, executor=args.executor, device=args.device,
+                                progress=show_progress(args))
+        print_json(table) if args.json else print(format_table(table))
+        return 0
     if args.study == "branch-points":
         from ladle.analysis.stats import format_analysis
         from ladle.studies.branch_points import study_branch_points

@@ -105,5 +105,6 @@ def describe(record: dict) -> str:
                                            ("schedule", "one_cycle"), ("bn", "frozen"))]
     extra = "" if parts == ["cross_entropy", "adamw", "one_cycle", "frozen"] else f"  [{', '.join(parts[:3])}, bn {parts[3]}]"
     readout = " (kNN)" if record.get("encoder_only") else ""
-    return (f"{record['path']}: held-out{readout} {100 * record['heldout_accuracy']:.2f}%  lr {hp['lr']:g} wd {hp['weight_decay']:g}"
+    score = "n/a (unlabelled data)" if record["heldout_accuracy"] is None else f"{100 * record['heldout_accuracy']:.2f}%"
+    return (f"{record['path']}: held-out{readout} {score}  lr {hp['lr']:g} wd {hp['weight_decay']:g}"
             f"{knobs} seed {hp['seed']}{extra}")

@@ -219,8 +219,10 @@ def train_run(task: RunTask) -> dict:
         if objective.encoder_only:  # labels unused in training; the encoder is read out by kNN on the train split
             from ladle.evaluation.knn import K, TEMPERATURE, knn_accuracy
 
+            labelled = train.num_classes >= 2  # unlabelled data (one blank class) have nothing to read out
             record |= {"encoder_only": True, "head_keys": head_keys(model), "readout": {"knn": K, "T": TEMPERATURE},
-                       "heldout_accuracy": knn_accuracy(model, train, heldout, spec.mean, spec.std, device=task.device)}
+                       "heldout_accuracy": knn_accuracy(model, train, heldout, spec.mean, spec.std, device=task.device)
+                       if labelled else None}
         else:
             record["heldout_accuracy"] = accuracy(model, heldout, spec.mean, spec.std, task.device)
         extra = objective.extra_state()
@@ -253,6 +255,9 @@ def _fingerprints(record: dict) -> tuple:
 def _put(store, record: dict, sweep: str) -> None:
     if store is None:
         return
+    if record["heldout_accuracy"] is None:
+        raise LadleError("an ingredient trained on unlabelled data has no held-out accuracy for the store; run it "
+                         "without --db")
     parts = {k: record.get(k, v) for k, v in LEGACY_PARTS.items()}
     store.put_ingredient(record["sha256"], path=str(Path(record["path"]).resolve()), sweep=sweep, run=record["run"],
                          stock_sha256=record["stock_sha256"], model=record["model"], objective=parts.pop("objective"),
