@@ -59,3 +59,39 @@ def test_config_errors_name_the_field_in_one_line(overrides, field, message):
     with pytest.raises(LadleError) as err:
         load_self_soup_config(None, overrides)
     assert f"field '{field}'" in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_timm_stock_loads_its_weights_from_a_local_file_without_its_head(tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from ladle.models import build_model
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=0)
+    path = tmp_path / "mae-encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))  # an encoder: no head
+    import functools
+
+    monkey = functools.partial(timm.create_model, img_size=32, patch_size=8)
+    with pytest.MonkeyPatch.context() as m:  # a small ViT under the registered name (no 224 px model needed)
+        m.setattr(timm, "create_model", lambda name, **kw: monkey(name, **kw))
+        model = build_model(f"timm:vit_tiny_patch16_224@{path}", 10)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in vit.state_dict().items())
+    assert model.get_classifier().out_features == 10
+    bad = tmp_path / "bad.safetensors"
+    save_file({"blocks.0.norm1.weight": torch.zeros(3)}, str(bad))
+    with pytest.raises(LadleError, match="bad.safetensors.*lacks a tensor|the weights lack a tensor"):
+        build_model(f"timm:vit_tiny_patch16_224@{bad}", 10)
+
+
+def test_the_shipped_configs():
+    cpu = load_self_soup_config(None)
+    assert cpu.model == "efficientnet-lite0" and cpu.image_size == 64 and len(cpu.ssl) >= 2
+    for name, suite in (("paper-in-c.yaml", "imagenet-c"), ("paper-laion-c.yaml", "laion-c")):
+        paper = load_self_soup_config(name)
+        assert paper.image_size == 224 and paper.ssl_steps == 10000 and paper.target == (suite,)
+        assert paper.model.startswith("timm:vit_base_patch16_224@")
+        assert {r["objective"] for r in paper.ssl} == {"mae", "mocov3", "mmcr"}
+        assert {r.get("temperature") for r in paper.ssl if r["objective"] == "mocov3"} == {0.1, 1.0}

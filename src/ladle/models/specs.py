@@ -59,7 +59,7 @@ def model_spec(spec: str, num_classes: int | None = None) -> ModelSpec:
         import timm
 
         try:
-            cfg = timm.get_pretrained_cfg(spec[5:])
+            cfg = timm.get_pretrained_cfg(spec[5:].partition("@")[0])
         except Exception:  # noqa: BLE001  unknown names are reported by build_model
             cfg = None
         if cfg is not None:
@@ -83,12 +83,32 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
 
 
 def _timm(name: str, num_classes: int | None) -> nn.Module:
+    """`timm:NAME`, architecture only; `timm:NAME@FILE`, with weights from a local file (safetensors, or a torch
+    file read with weights_only) that may leave out the head (an MAE encoder): the head is then fresh."""
     import timm
 
+    name, _, weights = name.partition("@")
     if not timm.is_model(name):
         raise LadleError(f"model: timm has no model '{name}'")
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
-    return timm.create_model(name, pretrained=False, **kwargs)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    if weights:
+        from ladle.io.checkpoints import open_ingredient
+        from ladle.models.encoder import head_keys
+
+        state = open_ingredient(weights).state_dict()
+        own, heads = model.state_dict(), set(head_keys(model))
+        for key in own:
+            if key not in state and key not in heads:
+                raise LadleError(f"model: the weights lack a tensor of {name}", file=weights, key=key)
+        for key, value in state.items():
+            if key not in own:
+                raise LadleError(f"model: {name} has no such tensor", file=weights, key=key)
+            if tuple(value.shape) != tuple(own[key].shape) and key not in heads:
+                raise LadleError(f"model: shape {list(value.shape)}, {name} needs {list(own[key].shape)}",
+                                 file=weights, key=key)
+        model.load_state_dict({k: v for k, v in state.items() if tuple(v.shape) == tuple(own[k].shape)}, strict=False)
+    return model
 
 
 def efficientnet_lite0(num_classes: int | None = None) -> nn.Module:
