@@ -201,6 +201,19 @@ def ssl_config(cfg: SelfSoupConfig, run: dict, pool: Path) -> dict:
             "optimiser": "adamw", "schedule": "cosine", "bn": "frozen", "threads": cfg.threads, **run}
 
 
+def inter_train(task: dict) -> dict:
+    """One self-supervised run on the pool (the executor's task): a one-run sweep, kept if already trained."""
+    from ladle.execution import make_executor
+    from ladle.training.sweep import run_sweep
+
+    serial = make_executor("local:1")  # in this worker's process
+    try:
+        (record,) = run_sweep(task["config"], Path(task["out"]), executor=serial, device=task["device"])
+    finally:
+        serial.close()
+    return record
+
+
 def finetune_back(task: dict) -> dict:
     """One inter-trained encoder fine-tuned back on labelled clean data (the executor's task): the control sweep's
     stock with this encoder in place of its own, its head linear-probed again, then run `run` of the control
@@ -292,12 +305,11 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
         supervised = run_sweep(supervised_config(cfg), out / "supervised", executor=executor, device=device,
                                progress=progress)
         stock = out / "supervised" / "stock.safetensors"
-        encoders = []
-        for i, run in enumerate(cfg.ssl):
-            _say(f"inter-training {i + 1}/{len(cfg.ssl)}: {run} for {cfg.ssl_steps} steps on {halves['pool_images']} "
-                 "unlabelled target images")
-            encoders += run_sweep(ssl_config(cfg, run, pool), out / "ssl" / f"run-{i:02d}", executor=executor,
-                                  device=device, progress=progress)
+        _say(f"inter-training {len(cfg.ssl)} encoders for {cfg.ssl_steps} steps each on {halves['pool_images']} "
+             "unlabelled target images")
+        ssl_tasks = [{"config": ssl_config(cfg, run, pool), "out": str(out / "ssl" / f"run-{i:02d}"),
+                      "device": str(device)} for i, run in enumerate(cfg.ssl)]
+        encoders = list(executor.map(inter_train, ssl_tasks, desc="inter-train" if progress else ""))
         plans = [sample_run(load_config(supervised_config(cfg)), i) for i in range(len(cfg.ssl))]
         from ladle.io.hashing import sha256_file
 
