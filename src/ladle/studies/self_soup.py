@@ -309,7 +309,11 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
              "unlabelled target images")
         ssl_tasks = [{"config": ssl_config(cfg, run, pool), "out": str(out / "ssl" / f"run-{i:02d}"),
                       "device": str(device)} for i, run in enumerate(cfg.ssl)]
-        encoders = list(executor.map(inter_train, ssl_tasks, desc="inter-train" if progress else ""))
+        encoders = []
+        for record in executor.map(inter_train, ssl_tasks, desc="inter-train" if progress else ""):
+            encoders.append(record)
+            _say(f"inter-trained {len(encoders)}/{len(ssl_tasks)}: {record['objective']}, final loss "
+                 f"{record['final_train_loss']:.4f}")
         plans = [sample_run(load_config(supervised_config(cfg)), i) for i in range(len(cfg.ssl))]
         from ladle.io.hashing import sha256_file
 
@@ -322,7 +326,10 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
                  for i, (enc, plan) in enumerate(zip(encoders, plans))]
         (out / "back").mkdir(exist_ok=True)
         _say(f"fine-tuning back {len(tasks)} encoders on the labelled clean train split")
-        back = list(executor.map(finetune_back, tasks, desc="fine-tune back" if progress else ""))
+        back = []
+        for record in executor.map(finetune_back, tasks, desc="fine-tune back" if progress else ""):
+            back.append(record)
+            _say(f"fine-tuned back {len(back)}/{len(tasks)}: held-out {100 * record['heldout_accuracy']:.1f}%")
     finally:
         if own:
             executor.close()
@@ -377,7 +384,6 @@ def evaluate(cfg: SelfSoupConfig, ingredients: list, made: dict, evaluation: Pat
     report = taste_specs(models, model=cfg.model, data=[f"{evaluation}:all"], image_size=cfg.image_size,
                          num_classes=10 if cfg.data == "digits" else None, device=device, seed=cfg.seed, uniform=False,
                          corruptions=list(cfg.target), severities=str(cfg.severity), db=db, executor="local:1")
-    names = {str(p): label for label, p in made.items()}
     columns = ["clean", *dict.fromkeys(family(t.partition(":")[0]) for t in cfg.target)]
     scores: dict[str, dict[str, float]] = {}
     for row in report.rows:
