@@ -14,29 +14,25 @@ naming them) and the stock itself (full state dict, the first ingredient), then 
 `ladle.cook("self-season", [stock, *ingredients], encoder_only=True, epochs=1, batch_size=64)` scored on the test
 digits, in a fresh child process per N. Peak RSS (ru_maxrss, cross-checked with VmHWM) is compared with a baseline
 child that does the same imports and builds the same scorer (model and data) but opens no ingredient. Target: about
-one model of memory per ingredient ((N + 2) models in all).
+one model of memory per ingredient ((N + 2) models in all). A thread samples RSS during the cook and splits the peak
+into its file-backed part (the memory-mapped ingredients, the frozen references) and the rest (activations).
 
-    .venv/bin/python bench/ssl.py [--steps 10] [--ns 2,4,8] [--workdir bench/results/ssl] [--skip-vit]
+    .venv/bin/python bench/self_supervised.py [--steps 10] [--ns 2,4,8] [--workdir bench/results/ssl] [--skip-vit]
 
 Every part runs in child processes; the parent imports no torch, so that a child's ru_maxrss (which on Linux
-starts from the parent's high-water mark when the child is spawned) is the child's own. ~5 min on 2 cores.
+starts from the parent's high-water mark when the child is spawned) is the child's own. ~3–4 min on 2 cores.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import argparse
+import json
+import resource
+import subprocess
+import time
 from pathlib import Path
-
-# Run as a script, this file's folder is sys.path[0], and this file would shadow the standard library's `ssl`
-# (torch imports asyncio, which imports ssl): take the folder off the path before anything imports it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 LR, WEIGHT_DECAY, BATCH, IMAGE_SIZE, WARMUP = 2e-4, 0.05, 32, 64, 2
@@ -79,6 +75,7 @@ def time_objective(build, name: str, knobs: dict, data, mean, std, steps: int) -
     from ladle.training.loop import adamw, cosine, train
     from ladle.training.objectives import make_objective
 
+    torch.manual_seed(0)  # a fresh head (10 classes) is drawn from the global RNG, which torch seeds per process
     model = build()
     objective = make_objective(name, **knobs)
     marks: list[float] = []
@@ -123,19 +120,20 @@ def child_speed(steps: int, vit: bool) -> None:
     spec = model_spec(MODEL, 10)
     emit({"data": len(data), "shape": list(data.x.shape)})
     for label, name, knobs in CNN_OBJECTIVES:
-        emit({"label": label, "model": MODEL, **time_objective(spec.build, name, knobs, data, spec.mean, spec.std, steps)})
+        timed = time_objective(spec.build, name, knobs, data, spec.mean, spec.std, steps)
+        emit({"label": label, "model": MODEL, **timed})
     if vit:
         import timm
 
         def build_vit():
-            torch.manual_seed(0)
             return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=IMAGE_SIZE, patch_size=8,
                                      num_classes=10)
 
         cfg = build_vit().pretrained_cfg
         mean, std = cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3)
         for label, name, knobs in VIT_OBJECTIVES:
-            emit({"label": label, "model": "vit_tiny 64px/8", **time_objective(build_vit, name, knobs, data, mean, std, steps)})
+            emit({"label": label, "model": "vit_tiny 64px/8",
+                  **time_objective(build_vit, name, knobs, data, mean, std, steps)})
 
 
 def emit(record: dict) -> None:
@@ -163,6 +161,7 @@ def child_write(folder: Path, n: int) -> None:
     from ladle.models.specs import model_spec
 
     folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)  # the stock's fresh 10-class head
     model = model_spec(MODEL, 10).build().eval()
     stock = {k: v.detach().clone() for k, v in model.state_dict().items()}
     write(folder / "stock.safetensors", stock, {"role": "stock", "model": MODEL, "num_classes": 10})
@@ -196,7 +195,9 @@ class RssSampler:
         with open("/proc/self/statm") as f:
             while not self.stop.is_set():
                 f.seek(0)
-                self.samples.append((time.perf_counter(), int(f.read().split()[1]) * self.page_mib))
+                fields = f.read().split()  # size resident shared(file-backed) ...: pages
+                resident, shared = int(fields[1]) * self.page_mib, int(fields[2]) * self.page_mib
+                self.samples.append((time.perf_counter(), resident, shared))
                 self.stop.wait(self.every)
 
     def __enter__(self):
@@ -210,14 +211,15 @@ class RssSampler:
         self.thread.join()
 
     def summary(self) -> dict:
-        t, rss = max(self.samples, key=lambda s: s[1])
-        return {"start_mib": self.samples[0][1], "peak_mib": rss, "end_mib": self.samples[-1][1],
+        t, rss, file = max(self.samples, key=lambda s: s[1])
+        return {"start_mib": self.samples[0][1], "peak_mib": rss, "peak_file_mib": file,
+                "start_file_mib": self.samples[0][2], "end_mib": self.samples[-1][1],
                 "peak_at": (t - self.start) / (self.end - self.start), "samples": len(self.samples)}
 
 
 def child_season(folder: Path, n: int, out: Path) -> None:
     """n = 0: the baseline (imports and scorer only)."""
-    import torch  # noqa: F401  (the same imports in every child)
+    import torch  # the same imports in every child
 
     import ladle
     from ladle.evaluation.tasting import make_scorer
@@ -237,7 +239,7 @@ def child_season(folder: Path, n: int, out: Path) -> None:
         record["weights"] = soup.manifest.get("weights")
         record["sampled"] = sampler.summary()
     record["after"] = peak_rss()
-    record["threads"] = __import__("torch").get_num_threads()
+    record["threads"] = torch.get_num_threads()
     print(json.dumps(record))
 
 
@@ -245,17 +247,18 @@ def child_season(folder: Path, n: int, out: Path) -> None:
 
 
 def run_child(*args: str, show: bool = False) -> list[dict]:
-    proc = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=None if show else subprocess.PIPE,
-                          text=True)
+    proc = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE,
+                          stderr=None if show else subprocess.PIPE, text=True)
     if proc.returncode:
         sys.exit(f"child {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr or ''}{proc.stdout[-2000:]}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 def speed(args) -> None:
-    print(f"== 1. training speed: {MODEL} at {IMAGE_SIZE} px on digits:train, batch {BATCH}, bn frozen, AdamW, 1 thread; "
-          f"warm-up {WARMUP} steps, then {args.steps} timed", flush=True)
-    rows = run_child("--child", "speed", "--steps", str(args.steps), *(["--skip-vit"] if args.skip_vit else []), show=True)
+    print(f"== 1. training speed: {MODEL} at {IMAGE_SIZE} px on digits:train, batch {BATCH}, bn frozen, AdamW, "
+          f"1 thread; warm-up {WARMUP} steps, then {args.steps} timed", flush=True)
+    vit = ["--skip-vit"] if args.skip_vit else []
+    rows = run_child("--child", "speed", "--steps", str(args.steps), *vit, show=True)
     info, rows = rows[0], rows[1:]
     ce = [r for r in rows if r["label"].startswith("cross_entropy")]
     base = sum(r["steps_per_s"] for r in ce) / len(ce)
@@ -274,7 +277,6 @@ def speed(args) -> None:
 
 def memory(args) -> None:
     ns = sorted({int(n) for n in args.ns.split(",")})
-    folder = Path(args.workdir) / "ingredients"
     print(f"\n== 2. self-seasoning peak memory: {MODEL}, stock + N encoder-only ingredients, digits:test at "
           f"{IMAGE_SIZE} px, 1 epoch, batch 64; a fresh child per N", flush=True)
     sizes = run_child("--child", "write", "--n", str(max(ns)), "--workdir", args.workdir)[-1]
@@ -285,33 +287,50 @@ def memory(args) -> None:
     for n in [0, *ns]:
         runs[n] = run_child("--child", "season", "--n", str(n), "--workdir", args.workdir)[-1]
         r = runs[n]
-        print(f"  N = {n}: ru_maxrss {r['after']['ru_maxrss_mib']:.0f} MiB, VmHWM {r['after'].get('VmHWM_mib', 0):.0f} MiB"
-              + (f", {r['seconds']:.1f} s; sampled RSS {r['sampled']['start_mib']:.0f} at the start of cook, peak "
-                 f"{r['sampled']['peak_mib']:.0f} at {100 * r['sampled']['peak_at']:.0f} % of its time, "
-                 f"{r['sampled']['end_mib']:.0f} at the end; weights {[round(w, 3) for w in r['weights'] or []]}"
-                 if n else " (baseline)"),
-              flush=True)
+        after = r["after"]
+        line = f"  N = {n}: ru_maxrss {after['ru_maxrss_mib']:.0f} MiB, VmHWM {after.get('VmHWM_mib', 0):.0f} MiB"
+        if n:
+            sm = r["sampled"]
+            line += (f", {r['seconds']:.1f} s; sampled RSS {sm['start_mib']:.0f} at the start of cook, peak "
+                     f"{sm['peak_mib']:.0f} ({sm['peak_file_mib'] - sm['start_file_mib']:+.0f} file-backed) at "
+                     f"{100 * sm['peak_at']:.0f} % of its time, {sm['end_mib']:.0f} at the end; "
+                     f"weights {[round(w, 3) for w in r['weights'] or []]}")
+        print(line if n else line + " (baseline)", flush=True)
     base = runs[0]["after"]["ru_maxrss_mib"]
     base_hwm = runs[0]["after"].get("VmHWM_mib", base)
     print(f"\nbaseline (imports + scorer, no ingredient): {base:.0f} MiB ru_maxrss, {base_hwm:.0f} MiB VmHWM")
-    print(f"{'N':>3}{'files':>7}{'peak MiB':>10}{'VmHWM':>8}{'beyond':>9}{'models':>8}{'N+2':>6}{'s':>7}")
-    points = []
+    print(f"{'N':>3}{'files':>7}{'peak MiB':>10}{'VmHWM':>8}{'beyond':>9}{'models':>8}{'N+2':>6}{'file-backed':>13}"
+          f"{'anon':>7}{'s':>7}")
+    points, files = [], []
     for n in ns:
         r = runs[n]
-        peak = r["after"]["ru_maxrss_mib"]
+        peak, sampled = r["after"]["ru_maxrss_mib"], r["sampled"]
         beyond = peak - base
+        file = sampled["peak_file_mib"] - sampled["start_file_mib"]
         points.append((n, beyond / model))
+        files.append((n, file / model))
         print(f"{n:>3}{n + 1:>7}{peak:>10.0f}{r['after'].get('VmHWM_mib', 0):>8.0f}{beyond:>9.0f}{beyond / model:>8.1f}"
-              f"{n + 2:>6}{r['seconds']:>7.1f}")
-    print("(files: the stock + N ingredients; beyond: peak − baseline, MiB; models: beyond / one model)")
+              f"{n + 2:>6}{file / model:>13.1f}{(sampled['peak_mib'] - sampled['start_mib'] - file) / model:>7.1f}"
+              f"{r['seconds']:>7.1f}")
+    print("(files: the stock + N ingredients; beyond: peak − baseline, MiB; models: beyond / one model; at the "
+          "sampled peak, in models, growth since the cook began: file-backed = the mmapped ingredients, "
+          "anon = the rest)")
     for n, m in points:
         print(f"N = {n}: {m:.1f} models of memory beyond baseline")
     if len(points) >= 2:
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-        print(f"slope: {slope:.2f} models per added ingredient (target ≈ 1); intercept {my - slope * mx:.1f} models "
-              f"(activations of the training step and the written soup: not in the baseline)")
+        for what, pts in (("peak RSS", points), ("file-backed at the peak", files)):
+            slope, intercept = fit(pts)
+            print(f"slope of {what}: {slope:.2f} models per added ingredient (target ≈ 1), "
+                  f"intercept {intercept:.1f} models")
+        print("(the peak's intercept is the training step's activations and workspace at batch 64, which the baseline "
+              "does not run; their run-to-run spread of a few models is what makes the peak's slope noisy)")
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return slope, my - slope * mx
 
 
 def main() -> None:
@@ -332,13 +351,14 @@ def main() -> None:
         return child_write(work / "ingredients", args.n)
     if args.child == "season":
         return child_season(work / "ingredients", args.n, work / f"season-{args.n}" / "seasoned.safetensors")
-    print(f"machine: {os.cpu_count()} CPUs, no GPU used; python {sys.version.split()[0]}")
+    print(f"machine: {os.cpu_count()} CPUs, no GPU used; python {sys.version.split()[0]}; load average "
+          f"{os.getloadavg()[0]:.1f} (other processes share the CPUs when it is above 0)")
     start = time.perf_counter()
     if not args.skip_speed:
         speed(args)
     if not args.skip_memory:
         memory(args)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
