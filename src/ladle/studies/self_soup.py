@@ -349,6 +349,7 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
                                        epochs=cfg.season_epochs)
     made["supervised uniform (no inter-training)"] = _cook_once(cook, "uniform", [r["path"] for r in supervised],
                                                                 soups / "supervised-uniform.safetensors")
+    made["stock (linear-probed, as is)"] = stock
     made["stock, BN re-estimated on the pool"] = bn_adapted_stock(stock, pool, cfg, soups / "stock-bn-target.safetensors",
                                                                   device)
     table = evaluate(cfg, paths, made, evaluation, out, device)
