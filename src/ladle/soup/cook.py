@@ -147,6 +147,7 @@ def encoder_exclusions(paths: list) -> list[str]:
     from ladle.models.encoder import head_keys
 
     heads: set[str] = set()
+    built: dict[tuple, list[str]] = {}  # (model, num_classes) -> its head keys: each model built once
     for path in paths:
         if not isinstance(path, (str, Path)):
             raise LadleError("--encoder-only needs checkpoint files whose record names their head")
@@ -159,7 +160,10 @@ def encoder_exclusions(paths: list) -> list[str]:
         elif isinstance(record.get("model"), str):
             from ladle.models import build_model
 
-            heads.update(head_keys(build_model(record["model"], record.get("num_classes"))))
+            key = (record["model"], record.get("num_classes"))
+            if key not in built:
+                built[key] = head_keys(build_model(*key))
+            heads.update(built[key])
         else:
             raise LadleError("--encoder-only: its record names no head (head_keys) and no model; leave the head out "
                              "with --exclude PATTERN instead", file=path)
