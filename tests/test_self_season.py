@@ -108,3 +108,14 @@ def test_taste_refuses_an_unknown_readout():
 
     with pytest.raises(LadleError, match="--readout must be head or knn"):
         taste_specs(["x.safetensors"], model=MODEL, data=["digits:test"], image_size=8, readout="probe")
+
+
+def test_a_recipe_that_scores_with_the_head_refuses_headless_encoders(tmp_path):
+    from ladle.errors import LadleError
+
+    stock = full_model(tmp_path / "stock.safetensors", 0, width=16)
+    ing = ssl_ingredient(tmp_path / "ssl.safetensors", 1, width=16)
+    scorer = make_scorer(MODEL, ["digits:heldout"], image_size=8)
+    with pytest.raises(LadleError, match="carry no head .* use self-season"):
+        cook("greedy", [ing, stock], scorer=scorer, out=tmp_path / "g.safetensors", encoder_only=True)
+    assert not (tmp_path / "g.safetensors").exists()

@@ -31,6 +31,7 @@ class Taster:
         self.metric = metric
         self.ingredients = []
         self.keys: list[str] = []
+        self.headless: list[str] = []  # head keys the ingredients lack (encoder-only): nothing to score with
         self.names: list[str] = []
 
     @property
@@ -53,6 +54,7 @@ class Taster:
         given = set(keys)
         optional = set(head_keys(self.evaluator.model)) if encoder_only else set()
         missing = [k for k in own if k not in given and k not in optional]
+        self.headless = [k for k in own if k not in given and k in optional]  # scores would read a fresh head
         if missing:
             raise LadleError("does not fit the model: it needs this tensor (check --include/--exclude)",
                              file=self.ingredients[0].name, key=missing[0])
@@ -84,8 +86,14 @@ class Taster:
         """The model's floating-point parameters: what a learned soup mixes with learned weights."""
         return [k for k, p in self.evaluator.model.named_parameters() if p.is_floating_point()]
 
+    def _needs_head(self) -> None:
+        if self.headless:
+            raise LadleError(f"the ingredients carry no head ('{self.headless[0]}' …): their scores would read an "
+                             "untrained one; use self-season, or fine-tune them back first", file=self.names[0])
+
     def forward(self, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits of the model with `state` in place of its tensors (gradients flow into `state`)."""
+        self._needs_head()
         model = self.evaluator.model.eval()
         out = functional_call(model, state, (channels_last(x),))
         return out.logits if hasattr(out, "logits") else out
@@ -107,6 +115,7 @@ class Taster:
         return m.accuracy if self.metric == "accuracy" else -m.nll
 
     def ingredient_metrics(self, i: int, split: str | None = None) -> Metrics:
+        self._needs_head()
         state = None if (self.names[i], split or self.split) in self.evaluator.cache else self.ingredient_state(i)
         return self.evaluator.score(self.names[i], state, split or self.split, first=state)
 
@@ -114,6 +123,7 @@ class Taster:
         return self._value(self.ingredient_metrics(i))
 
     def soup_metrics(self, weights, split: str | None = None) -> Metrics:
+        self._needs_head()
         name = f"soup of {self._group}[" + ",".join(f"{w:.6g}" for w in weights) + "]"
         split = split or self.split
         state = None if (name, split) in self.evaluator.cache else self.soup_state(weights)
