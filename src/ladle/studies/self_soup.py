@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,8 +129,12 @@ def _ssl_runs(value, where: dict) -> tuple[dict, ...]:
     return tuple(runs)
 
 
+_START = time.monotonic()
+
+
 def _say(text: str) -> None:
-    print(f"self-soup: {text}", file=sys.stderr, flush=True)
+    """A plain line on stderr with the minutes since the study began (readable in a log file)."""
+    print(f"self-soup [{(time.monotonic() - _START) / 60:4.1f} min]: {text}", file=sys.stderr, flush=True)
 
 
 def make_target_data(cfg: SelfSoupConfig, out: Path) -> dict:
@@ -292,6 +297,8 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
     from ladle.training.config import load_config, sample_run
     from ladle.training.sweep import run_sweep
 
+    global _START
+    _START = time.monotonic()
     cfg = config if isinstance(config, SelfSoupConfig) else load_self_soup_config(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +349,7 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
     made["greedy"] = _cook_once(cook, "greedy", paths, soups / "greedy.safetensors",
                                 scorer=lambda: make_scorer(cfg.model, [f"{cfg.data}:heldout"], image_size=cfg.image_size,
                                                            device=device, split="heldout"))
+    _say(f"self-seasoning {len(paths) + 1} models for {cfg.season_epochs} epochs over the pool")
     made["self-seasoned"] = _cook_once(cook, "self-season", [str(stock), *paths], soups / "self-seasoned.safetensors",
                                        scorer=lambda: make_scorer(cfg.model, [f"{pool}:all"], image_size=cfg.image_size,
                                                                   num_classes=10 if cfg.data == "digits" else None,
