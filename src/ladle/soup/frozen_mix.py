@@ -26,3 +26,15 @@ class _FrozenMix(torch.autograd.Function):
 
 def frozen_weighted_sum(tensors: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     return _FrozenMix.apply(w, *tensors)
+
+
+def frozen_ingredients(scorer, n: int) -> tuple[list[str], list[dict], dict]:
+    """What a recipe that learns mixing weights mixes: the model's parameter keys among the bound ones (heads may be
+    absent), each ingredient's parameters as frozen references on the device (no copies, no gradients), and the
+    other tensors (BatchNorm statistics) of the uniform soup, which the learned weights do not touch."""
+    selected = set(scorer.keys)
+    param_keys = [k for k in scorer.parameter_keys() if k in selected]
+    wanted = set(param_keys)
+    states = [{k: v.to(scorer.device) for k, v in scorer.ingredient_state(i).items() if k in wanted} for i in range(n)]
+    buffers = {k: v.to(scorer.device) for k, v in scorer.soup_state([1.0 / n] * n).items() if k not in wanted}
+    return param_keys, states, buffers

@@ -19,18 +19,15 @@ def learned(n: int, scorer: Scorer,
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from ladle.soup.frozen_mix import frozen_weighted_sum
+    from ladle.soup.frozen_mix import frozen_ingredients, frozen_weighted_sum
 
     if epochs < 1 or batch_size < 1:
         raise LadleError(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
-    param_keys = scorer.parameter_keys()
     # Ingredients stay frozen and shared (lazy views, no copies, no gradients); only alpha and beta learn.
-    states = [{k: v.to(scorer.device) for k, v in scorer.ingredient_state(i).items() if k in set(param_keys)}
-              for i in range(n)]
+    param_keys, states, buffers = frozen_ingredients(scorer, n)
     alpha = torch.zeros((len(param_keys) if per == "layer" else 1, n), requires_grad=True)
     beta = torch.ones((), requires_grad=True)  # temperature on the logits
     optimizer = torch.optim.AdamW([alpha, beta], lr=lr, weight_decay=0.0)
-    buffers = {k: v.to(scorer.device) for k, v in scorer.soup_state([1.0 / n] * n).items() if k not in set(param_keys)}
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for _ in tqdm(range(epochs), desc=f"learned soup (per {per})", leave=False, disable=not scorer.progress):

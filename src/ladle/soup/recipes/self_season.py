@@ -36,16 +36,12 @@ def self_season(n: int, scorer: Scorer,
     import torch
     from tqdm import tqdm
 
-    from ladle.soup.frozen_mix import frozen_weighted_sum
+    from ladle.soup.frozen_mix import frozen_ingredients, frozen_weighted_sum
 
     if k < 1 or batch_size <= k or epochs < 1 or temperature <= 0 or lr <= 0 or final_lr < 0:
         raise LadleError(f"self-season: need k ≥ 1, batch_size > k, epochs ≥ 1, temperature > 0, lr > 0, final_lr ≥ 0; "
                          f"got k {k}, batch_size {batch_size}, epochs {epochs}, temperature {temperature}, lr {lr}")
-    selected = set(scorer.keys)
-    param_keys = [key for key in scorer.parameter_keys() if key in selected]  # the encoder's (heads may be absent)
-    states = [{key: v.to(scorer.device) for key, v in scorer.ingredient_state(i).items() if key in set(param_keys)}
-              for i in range(n)]  # frozen references: (N + 2) models of memory, as the learned soup
-    buffers = {key: v.to(scorer.device) for key, v in scorer.soup_state([1.0 / n] * n).items() if key not in set(param_keys)}
+    param_keys, states, buffers = frozen_ingredients(scorer, n)  # frozen references: (N + 2) models, as learned
     alpha = torch.zeros(n, requires_grad=True)
     optimizer = torch.optim.Adam([alpha], lr=lr)
     steps_per_epoch = sum(1 for _ in scorer.batches(batch_size, torch.Generator().manual_seed(seed)))
