@@ -165,20 +165,16 @@ def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict[str, ImageSet], ba
     from ladle.evaluation.evaluator import metrics_from_logits
     from ladle.evaluation.knn import embeddings, knn_scores
     from ladle.models.encoder import head_keys
+    from ladle.models.specs import check_fit
     from ladle.soup.cook import cook
 
     model = spec.build().to(device)
-    own, heads = model.state_dict(), set(head_keys(model))
+    heads = set(head_keys(model))
+    encoder = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in heads}
 
     def probabilities(name: str, state: dict) -> dict[str, torch.Tensor]:
-        for key in own:
-            if key not in state and key not in heads:
-                raise LadleError("does not fit the model's encoder: it needs this tensor", file=name, key=key)
-        for key, value in state.items():
-            if key not in own or tuple(value.shape) != tuple(own[key].shape):
-                raise LadleError(f"does not fit the model: shape {list(value.shape)}" if key in own else
-                                 "does not fit the model: a tensor the model does not have", file=name, key=key)
-        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        check_fit(encoder, {k: tuple(v.shape) for k, v in state.items()}, name)  # states hold no head keys
+        model.load_state_dict(state, strict=False)
         bank_embeddings = embeddings(model, bank, spec.mean, spec.std, device=device, batch_size=batch_size)
         out = {}
         for split, data in splits.items():

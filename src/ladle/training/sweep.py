@@ -190,7 +190,7 @@ def train_run(task: RunTask) -> dict:
     from ladle.io.checkpoints import open_ingredient
     from ladle.io.hashing import sha256_file
     from ladle.models import load_weights, model_spec
-    from ladle.models.encoder import encoder_state, head_keys
+    from ladle.models.encoder import head_keys
     from ladle.training.objectives import knobs_of, make_objective, objective_class
 
     with torch_threads(task.threads):
@@ -230,8 +230,7 @@ def train_run(task: RunTask) -> dict:
             side = out.with_name(f"objective-{task.run:02d}.safetensors")
             sha = _write(side, extra, {"role": "objective_state", "objective": plan.objective, "run": task.run})
             record["objective_state"] = {"path": side.name, "sha256": sha}
-        tensors = encoder_state(model) if objective.encoder_only else model.state_dict()
-        sha = _write(out, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, record)
+        sha = save_checkpoint(out, model, record, encoder_only=objective.encoder_only)
     return dict(record, path=str(out), sha256=sha)
 
 
@@ -292,9 +291,13 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], manifest: dict) -> str:
         return w.finish(manifest)[path.name]
 
 
-def save_checkpoint(path: Path, model, manifest: dict) -> str:
-    """Atomically, with the run's record in the metadata; returns the file's sha256."""
-    return _write(Path(path), {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, manifest)
+def save_checkpoint(path: Path, model, manifest: dict, encoder_only: bool = False) -> str:
+    """Atomically, with the run's record in the metadata (the encoder alone, without the head, with
+    `encoder_only`); returns the file's sha256."""
+    from ladle.models.encoder import encoder_state
+
+    tensors = encoder_state(model) if encoder_only else model.state_dict()
+    return _write(Path(path), {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, manifest)
 
 
 def read_record(path: Path) -> dict | None:
