@@ -154,7 +154,7 @@ def make_target_data(cfg: SelfSoupConfig, out: Path) -> dict:
               "target": list(cfg.target), "severity": cfg.severity}
     if record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record.get("identity") == wanted and all((folder / f).is_file() and sha256_file(folder / f) == record[f]
+        if record.get("identity") == wanted and "num_classes" in record and all((folder / f).is_file() and sha256_file(folder / f) == record[f]
                                                     for f in ("pool.npz", "eval.npz")):
             return record
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,8 @@ def make_target_data(cfg: SelfSoupConfig, out: Path) -> dict:
     evaluation = (test.x[torch.as_tensor(eval_idx)] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     _save_npz(folder / "pool.npz", pool, np.zeros(len(pool), dtype=np.int64))  # labels blanked: one class
     _save_npz(folder / "eval.npz", evaluation, test.y[torch.as_tensor(eval_idx)].numpy())
-    record = {"identity": wanted, "pool_indices": sorted(int(i) for i in pool_idx),
+    record = {"identity": wanted, "num_classes": test.num_classes,  # what every model's head is sized to
+              "pool_indices": sorted(int(i) for i in pool_idx),
               "eval_indices": sorted(int(i) for i in eval_idx), "pool_images": len(pool),
               "pool.npz": sha256_file(folder / "pool.npz"), "eval.npz": sha256_file(folder / "eval.npz")}
     _atomic_text(record_path, json.dumps(record))
@@ -199,8 +200,9 @@ def supervised_config(cfg: SelfSoupConfig) -> dict:
             "runs": len(cfg.ssl), "epochs": cfg.ft_epochs, "lp_steps": cfg.lp_steps, "threads": cfg.threads}
 
 
-def ssl_config(cfg: SelfSoupConfig, run: dict, pool: Path) -> dict:
-    return {"model": cfg.model, "num_classes": 10 if cfg.data == "digits" else None, "data": str(pool),
+def ssl_config(cfg: SelfSoupConfig, run: dict, pool: Path, num_classes: int) -> dict:
+    """One inter-training run: a one-run sweep on the pool, whose single blank class must not size the head."""
+    return {"model": cfg.model, "num_classes": num_classes, "data": str(pool),
             "image_size": cfg.image_size, "seed": cfg.seed, "runs": 1, "lp_steps": 0, "steps": cfg.ssl_steps,
             "epochs": 1, "batch_size": cfg.ssl_batch_size, "lr": cfg.ssl_lr, "weight_decay": 0.05,
             "optimiser": "adamw", "schedule": "cosine", "bn": "frozen", "threads": cfg.threads, **run}
@@ -263,7 +265,7 @@ def finetune_back(task: dict) -> dict:
     return dict(record, path=str(out), sha256=sha)
 
 
-def bn_adapted_stock(stock: Path, pool: Path, cfg: SelfSoupConfig, out: Path, device) -> Path:
+def bn_adapted_stock(stock: Path, pool: Path, cfg: SelfSoupConfig, num_classes: int, out: Path, device) -> Path:
     """The control stock with BatchNorm statistics re-estimated on the unlabelled target pool."""
     import torch
 
@@ -278,7 +280,7 @@ def bn_adapted_stock(stock: Path, pool: Path, cfg: SelfSoupConfig, out: Path, de
     record = read_record(out)
     if record is not None and record.get("identity") == identity:
         return out
-    spec = model_spec(cfg.model, 10 if cfg.data == "digits" else None)
+    spec = model_spec(cfg.model, num_classes)
     model = spec.build()
     load_weights(model, open_ingredient(stock).state_dict(), stock)
     data = load_data(f"{pool}:all", image_size=cfg.image_size, seed=cfg.seed)
@@ -314,7 +316,7 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
         stock = out / "supervised" / "stock.safetensors"
         _say(f"inter-training {len(cfg.ssl)} encoders for {cfg.ssl_steps} steps each on {halves['pool_images']} "
              "unlabelled target images")
-        ssl_tasks = [{"config": ssl_config(cfg, run, pool), "out": str(out / "ssl" / f"run-{i:02d}"),
+        ssl_tasks = [{"config": ssl_config(cfg, run, pool, halves["num_classes"]), "out": str(out / "ssl" / f"run-{i:02d}"),
                       "device": str(device)} for i, run in enumerate(cfg.ssl)]
         encoders = []
         for record in executor.map(inter_train, ssl_tasks, desc="inter-train" if progress else ""):
@@ -324,7 +326,7 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
         plans = [sample_run(load_config(supervised_config(cfg)), i) for i in range(len(cfg.ssl))]
         from ladle.io.hashing import sha256_file
 
-        tasks = [{"run": i, "model": cfg.model, "num_classes": 10 if cfg.data == "digits" else None,
+        tasks = [{"run": i, "model": cfg.model, "num_classes": halves["num_classes"],
                   "stock": str(stock), "stock_sha256": sha256_file(stock), "encoder": enc["path"],
                   "encoder_sha256": enc["sha256"], "plan": asdict(plan), "lp_steps": cfg.lp_steps, "data": cfg.data,
                   "image_size": cfg.image_size, "seed": cfg.seed, "threads": cfg.threads, "device": str(device),
@@ -352,20 +354,21 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
     _say(f"self-seasoning {len(paths) + 1} models for {cfg.season_epochs} epochs over the pool")
     made["self-seasoned"] = _cook_once(cook, "self-season", [str(stock), *paths], soups / "self-seasoned.safetensors",
                                        scorer=lambda: make_scorer(cfg.model, [f"{pool}:all"], image_size=cfg.image_size,
-                                                                  num_classes=10 if cfg.data == "digits" else None,
+                                                                  num_classes=halves["num_classes"],
                                                                   device=device, split="all"),
                                        epochs=cfg.season_epochs)
     made["supervised uniform (no inter-training)"] = _cook_once(cook, "uniform", [r["path"] for r in supervised],
                                                                 soups / "supervised-uniform.safetensors")
     made["stock (linear-probed, as is)"] = stock
-    made["stock, BN re-estimated on the pool"] = bn_adapted_stock(stock, pool, cfg, soups / "stock-bn-target.safetensors",
+    made["stock, BN re-estimated on the pool"] = bn_adapted_stock(stock, pool, cfg, halves["num_classes"],
+                                                                  soups / "stock-bn-target.safetensors",
                                                                   device)
-    table = evaluate(cfg, paths, made, evaluation, out, device)
+    table = evaluate(cfg, paths, made, evaluation, halves["num_classes"], out, device)
     return table
 
 
 def _cook_once(cook, recipe: str, paths, out: Path, scorer=None, **params) -> Path:
-    """A soup file, cooked unless one from the same recipe, parameters and ingredients is there."""
+    """A soup file, cooked unless one from the same recipe, ingredients and parameters given here is there."""
     from ladle.io.hashing import sha256_file
     from ladle.io.manifest import read_manifest
 
@@ -373,7 +376,8 @@ def _cook_once(cook, recipe: str, paths, out: Path, scorer=None, **params) -> Pa
         try:
             manifest = read_manifest(out) or {}
             same = [i.get("sha256") for i in manifest.get("ingredients", [])] == [sha256_file(p) for p in paths]
-            if same and manifest.get("recipe") == recipe:
+            given = manifest.get("parameters") or {}
+            if same and manifest.get("recipe") == recipe and all(given.get(k) == v for k, v in params.items()):
                 return out
         except (LadleError, ValueError, OSError):
             pass
@@ -381,7 +385,8 @@ def _cook_once(cook, recipe: str, paths, out: Path, scorer=None, **params) -> Pa
     return out
 
 
-def evaluate(cfg: SelfSoupConfig, ingredients: list, made: dict, evaluation: Path, out: Path, device) -> dict:
+def evaluate(cfg: SelfSoupConfig, ingredients: list, made: dict, evaluation: Path, num_classes: int, out: Path,
+             device) -> dict:
     """Every model on the evaluation half, clean and on the target suites (through the store), as one table."""
     from ladle.evaluation.gain import best_single
     from ladle.shifts.corruptions import family
@@ -391,7 +396,7 @@ def evaluate(cfg: SelfSoupConfig, ingredients: list, made: dict, evaluation: Pat
     db = out / "results.sqlite"
     models = [*ingredients, *(str(p) for p in made.values())]
     report = taste_specs(models, model=cfg.model, data=[f"{evaluation}:all"], image_size=cfg.image_size,
-                         num_classes=10 if cfg.data == "digits" else None, device=device, seed=cfg.seed, uniform=False,
+                         num_classes=num_classes, device=device, seed=cfg.seed, uniform=False,
                          corruptions=list(cfg.target), severities=str(cfg.severity), db=db, executor="local:1")
     columns = ["clean", *dict.fromkeys(family(t.partition(":")[0]) for t in cfg.target)]
     scores: dict[str, dict[str, float]] = {}
