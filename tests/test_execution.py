@@ -235,6 +235,31 @@ def test_ray_map_keeps_order_and_raises_the_tasks_own_exception(ray_executor):
     assert list(ray_executor.map(parse_severities, ["5", "4", "3", "2", "1"])) == [(5,), (4,), (3,), (2,), (1,)]
 
 
+def test_a_ray_map_left_early_cancels_only_the_tasks_not_yet_done(ray_executor, monkeypatch):
+    """Cancelling a task whose result is already readable aborts Ray 2.60's driver: only unfinished ones go."""
+    import ray
+    from ray import cloudpickle
+
+    cancelled = []
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(ref))
+    this = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(this)
+    try:
+        results = ray_executor.map(slow_square, [{"i": 0, "sleep": 0.0}, {"i": 1, "sleep": 0.0},
+                                                 {"i": 2, "sleep": 30.0}])
+        assert next(results)[0] == 0
+        time.sleep(1.0)  # task 1 is done too, task 2 sleeps on
+        frame = results.gi_frame
+        refs = frame.f_locals["refs"]
+        results.close()  # the caller stops early: the generator's finally runs now
+    finally:
+        cloudpickle.unregister_pickle_by_value(this)
+    assert cancelled == [refs[2]]
+    monkeypatch.undo()
+    ray.cancel(refs[2], force=True)
+    assert list(ray_executor.map(parse_severities, ["2"])) == [(2,)]  # the driver is alive and well
+
+
 def test_ray_builds_the_same_cache_files_as_serial_and_local(tmp_path, digits, local2, ray_executor):
     spec = parse_suite("imagenet-c:impulse_noise,frost", (2,))
     built = {}

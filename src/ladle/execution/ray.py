@@ -74,17 +74,13 @@ class RayExecutor:
         if remote is None:
             remote = self._remotes[fn] = ray.remote(num_cpus=1)(fn)
         refs = [remote.remote(task) for task in tasks]
-        finished = False
+        taken = 0
         try:
-            yield from in_order(refs, _wait, _get, desc)
-            finished = True
+            for result in in_order(refs, _wait, _get, desc):
+                taken += 1
+                yield result
         finally:
-            if not finished:
-                for ref in refs:
-                    try:
-                        ray.cancel(ref)  # a finished task ignores it; a queued one never starts
-                    except Exception:  # noqa: BLE001  cancelling is best effort: the error in flight matters
-                        pass
+            _cancel_unfinished(refs[taken:])
 
     def close(self) -> None:
         """Shut Ray down if this executor started or joined it; a Ray someone else initialised stays up."""
@@ -99,6 +95,26 @@ class RayExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _cancel_unfinished(refs: list) -> None:
+    """Cancel the tasks whose results nobody will read (an error, or a caller that stopped early).
+
+    Only tasks not yet done are cancelled: Ray 2.60 aborts the whole driver process ("Tried to complete task
+    that was not pending") when a task is cancelled while its completion is in flight, which happens when its
+    result is already readable. A queued task never starts; a running one is interrupted.
+    """
+    import ray
+
+    if not refs:
+        return
+    done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+    for ref in refs:
+        if ref not in done:
+            try:
+                ray.cancel(ref)
+            except Exception:  # noqa: BLE001  cancelling is best effort: the error in flight matters
+                pass
 
 
 def _wait(pending: list) -> list:

@@ -368,7 +368,7 @@ def _build_with(executor, data: ImageSet, suite: str, keys: dict, cache: Corrupt
         _write_clean(data, images)
         tasks = [{"clean": str(images), "cache": str(folder), "suite": suite, "key": key, "threads": 1}
                  for key in keys.values()]
-        for cell, path in zip(keys, executor.map(build_cell, tasks)):
+        for cell, path in zip(keys, executor.map(build_cell, tasks), strict=True):  # strict: the map runs to its end
             key, path = keys[cell], Path(path)
             if scratch is None:
                 checksum = _stored_checksum(path, key)
