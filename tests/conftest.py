@@ -20,6 +20,10 @@ from safetensors.torch import save_file
 
 from ladle.cli.main import main
 
+# progress lines on stderr depend on how long a phase takes: tests that compare stderr must not see them
+# (tests/test_progress.py turns them back on where it checks them)
+os.environ["LADLE_PROGRESS"] = "0"
+
 VENV_BIN = Path(sys.executable).parent
 TMP_MARK = ".ladle-tmp-"
 

@@ -21,6 +21,7 @@ def test_the_study_runs_end_to_end_and_a_rerun_trains_nothing(tmp_path, monkeypa
     cfg = load_self_soup_config(None, TINY)
     table = study_self_soup(tmp_path, config=cfg, executor="local:1", device="cpu")
     assert [r["row"] for r in table["rows"]] == ["best single ingredient", "uniform", "greedy", "self-seasoned",
+                                                  "self-seasoned, ingredients only",
                                                   "supervised uniform (no inter-training)",
                                                   "stock (linear-probed, as is)", "stock, BN re-estimated on the pool"]
     assert table["columns"] == ["clean", "imagenet-c", "laion-c"]

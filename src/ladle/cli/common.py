@@ -95,8 +95,8 @@ def print_json(obj) -> None:
 
 
 def show_progress(args) -> bool:
-    """Progress bars only for a person at a terminal: piped or logged, stderr stays one line per error."""
-    return not getattr(args, "json", False) and sys.stderr.isatty()
+    """Progress on stderr: a bar at a terminal, a line every few seconds in a log (none for quick work)."""
+    return not getattr(args, "json", False)
 
 
 def note(text: str) -> None:

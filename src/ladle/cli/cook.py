@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     out = fields.pop("output", None)
     if out is None:
         raise LadleError("cook: no output given (-o soup.safetensors)")
+    if args.db and fields.get("no_hash"):
+        raise LadleError("cook: --db keys the soup by its sha256; drop --no-hash or --db")
     scorer = None
     try:
         if recipe.needs_scorer:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from ladle.progress import progress_bar
 
 from ladle.data.load import ImageSet, fingerprint
 from ladle.errors import LadleError
@@ -178,7 +178,7 @@ class Evaluator:
         """Logits of the model as currently loaded, on a split (uncached)."""
         x = self.splits[split].x  # read once per pass (a cached corrupted set lives on disk), normalised per batch
         out = []
-        for i in tqdm(range(0, len(x), self.batch_size), desc=f"eval {split}", leave=False, disable=not self.progress):
+        for i in progress_bar(range(0, len(x), self.batch_size), desc=f"eval {split}", unit="batch", enabled=self.progress):
             batch = self.normalise(x[i : i + self.batch_size])
             out.append(self.model(channels_last(batch.to(self.device))).float().cpu())
         self.forward_passes += len(x)

@@ -8,10 +8,10 @@ from typing import Any
 
 
 def task_bar(total: int, desc: str):
-    """A tqdm bar over tasks, only when there is a name for it and a person at a terminal to read it."""
-    from tqdm import tqdm
+    """A bar over tasks (a line every few seconds in a log), only when there is a name for it."""
+    from ladle.progress import progress_bar
 
-    return tqdm(total=total, desc=desc or None, unit="task", disable=not desc or not sys.stderr.isatty())
+    return progress_bar(total=total, desc=desc, unit="task")
 
 
 def in_order(handles: list, wait: Callable[[list], Any], get: Callable[[Any], Any], desc: str = "") -> Iterator[Any]:

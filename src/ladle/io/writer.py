@@ -9,12 +9,11 @@ written as soon as it is full, so memory holds at most one shard.
 from __future__ import annotations
 
 import ctypes
-import hashlib
+import errno
 import json
 import os
 import shutil
 from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -51,45 +50,148 @@ def human_size(n: int) -> str:
     return f"{n} bytes"
 
 
-def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytes, list[torch.Tensor]]:
-    """The header of a safetensors file and the tensors in the order their bytes follow it."""
-    # Larger items first keeps every tensor aligned to its element size (no holes are allowed).
-    order = sorted(tensors, key=lambda k: -tensors[k].dtype.itemsize)
-    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+def safetensors_layout(infos: dict[str, TensorInfo]) -> tuple[dict[str, dict], int]:
+    """The header entries of a safetensors file (offsets known from shapes alone) and its data size.
+
+    Larger items first keeps every tensor aligned to its element size (no holes are allowed)."""
+    entries: dict[str, dict] = {}
     offset = 0
-    for key in order:
-        t = tensors[key]
-        size = t.numel() * t.dtype.itemsize
-        header[key] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
+    for key in sorted(infos, key=lambda k: -infos[k].dtype.itemsize):
+        info = infos[key]
+        entries[key] = {"dtype": DTYPE_NAMES[info.dtype], "shape": list(info.shape),
+                        "data_offsets": [offset, offset + info.nbytes]}
+        offset += info.nbytes
+    return entries, offset
+
+
+def header_bytes(entries: dict[str, dict], metadata: dict[str, str], size: int | None = None) -> bytes:
+    """The length prefix and JSON header, padded with spaces to `size` bytes of JSON (or to a multiple of 8)."""
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    header.update(entries)
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-(len(raw) + 8) % 8)
-    return len(raw).to_bytes(8, "little") + raw, [tensors[k] for k in order]
+    pad = (size - len(raw)) if size is not None else -(len(raw) + 8) % 8
+    if pad < 0:
+        raise ValueError("header larger than its reserved space")
+    raw += b" " * pad
+    return len(raw).to_bytes(8, "little") + raw
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """Write (not atomically: callers write to a temporary path) and fsync; return the sha256.
-
-    The bytes are hashed by a second thread while this one writes them (both release the GIL).
-    """
-    head, ordered = safetensors_bytes(tensors, metadata)
-    arrays = [t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy() for t in ordered if t.numel()]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(_sha256_of, [head, *arrays])
-        with open(path, "wb") as f:
-            f.write(head)
-            for data in arrays:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        return digest.result()
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A whole safetensors file from tensors in memory (not atomic: callers write to a temporary path)."""
+    infos = {k: TensorInfo(tuple(t.shape), t.dtype) for k, t in tensors.items()}
+    with OutputFile(path, infos, metadata) as f:
+        for key, t in tensors.items():
+            f.put(key, t)
+        f.close(metadata)
 
 
-def _sha256_of(chunks) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()
+def reserve_space(fd: int, size: int, path: Path) -> None:
+    """Allocate the file's blocks up front, so a full disk is one clear error (naming `path`) before any mixing."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+            free = os.fstatvfs(fd).f_bavail * os.fstatvfs(fd).f_frsize
+            raise LadleError(f"not enough disk space: the soup needs {human_size(size)}, {human_size(free)} free",
+                             file=path) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise LadleError(f"cannot reserve {human_size(size)}: {e.strerror}", file=path) from None
+        os.ftruncate(fd, size)  # a filesystem without fallocate: a sparse file of the right size
+    except AttributeError:  # no posix_fallocate on this platform
+        os.ftruncate(fd, size)
+
+
+class OutputFile:
+    """One output .safetensors file, laid out from the shapes before the first tensor is mixed: its blocks are
+    reserved, each finished tensor is written straight to its offset (memory holds no output), and the header is
+    written last into space reserved for it. A header that outgrew its space is handled by copying the data once
+    behind a larger header."""
+
+    def __init__(self, path: Path, infos: dict[str, TensorInfo], metadata: dict[str, str], reserve: int = 0,
+                 shown: Path | None = None):
+        self.path = Path(path)
+        self.shown = shown or self.path  # the name errors give: the output, not its temporary
+        self.entries, self.data_bytes = safetensors_layout(infos)
+        draft = len(header_bytes(self.entries, metadata)) - 8
+        self.header_space = draft + reserve + (-(draft + reserve + 8) % 8)
+        self.missing = set(infos)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            reserve_space(self.fd, 8 + self.header_space + self.data_bytes, self.shown)
+        except BaseException:
+            self._close_fd()
+            raise
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_space
+
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        entry = self.entries[key]
+        begin, end = entry["data_offsets"]
+        if DTYPE_NAMES[tensor.dtype] != entry["dtype"] or list(tensor.shape) != entry["shape"]:
+            raise RuntimeError(f"writer: '{key}' arrived as {tensor.dtype} {list(tensor.shape)}, planned "
+                               f"{entry['dtype']} {entry['shape']}")
+        if end > begin:
+            data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+            _pwrite_all(self.fd, memoryview(data), self.data_start + begin)
+        self.missing.discard(key)
+
+    def close(self, metadata: dict[str, str]) -> None:
+        """Write the header, fsync, close. Every planned tensor must have been put."""
+        if self.missing:
+            raise RuntimeError(f"writer finished without tensor {sorted(self.missing)[0]}")
+        try:
+            head = header_bytes(self.entries, metadata, self.header_space)
+        except ValueError:
+            self._grow_header(header_bytes(self.entries, metadata))
+        else:
+            _pwrite_all(self.fd, memoryview(head), 0)
+        os.fsync(self.fd)
+        self._close_fd()
+
+    def _grow_header(self, head: bytes) -> None:
+        """The metadata outgrew the reserved space: a new file with the larger header, the data copied behind it."""
+        bigger = self.path.with_name(self.path.name + ".grow")
+        fd = os.open(bigger, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            reserve_space(fd, len(head) + self.data_bytes, self.shown)
+            _pwrite_all(fd, memoryview(head), 0)
+            copied = 0
+            while copied < self.data_bytes:
+                n = os.copy_file_range(self.fd, fd, self.data_bytes - copied, self.data_start + copied,
+                                       len(head) + copied)
+                if n <= 0:
+                    raise OSError(errno.EIO, "copy_file_range copied nothing")
+                copied += n
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            bigger.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(bigger, self.path)
+        self.header_space = len(head) - 8
+
+    def _close_fd(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def abort(self) -> None:
+        self._close_fd()
+
+    def __enter__(self) -> OutputFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close_fd()
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data[: 1 << 30], offset)
+        data, offset = data[n:], offset + n
 
 
 @contextmanager
@@ -162,22 +264,36 @@ def check_destination(out: Path, force: bool) -> None:
 
 
 class SoupWriter:
-    """Collects finished tensors and writes them atomically; use as a context manager."""
+    """Writes each finished tensor straight into its place in the output (files laid out and their blocks reserved
+    before mixing starts), then renames the whole into place atomically; use as a context manager.
 
-    def __init__(self, out: str | os.PathLike, infos: dict[str, TensorInfo], *, force: bool = False, max_shard_size: int | str = "5GB"):
+    `manifest_reserve`: bytes of header kept free for the manifest of a single-file output (a larger manifest
+    still lands, through one copy of the data). `hash_output=False` skips the sha256 of what was written."""
+
+    def __init__(self, out: str | os.PathLike, infos: dict[str, TensorInfo], *, force: bool = False,
+                 max_shard_size: int | str = "5GB", manifest_reserve: int = 64 << 10, hash_output: bool = True):
         self.out = Path(out)
         self.is_file = self.out.suffix == ".safetensors"
         self.max_shard_size = parse_size(max_shard_size)
+        self.hash_output = hash_output
         check_destination(self.out, force)
         self.shards = self._plan_shards(infos)
         self.shard_of = {k: i for i, keys in enumerate(self.shards) for k in keys}
-        self.pending: dict[str, torch.Tensor] = {}
-        self.written = 0
         self.sha256: dict[str, str] = {}
         sweep_stale_temporaries(self.out)
         self.tmp = self.out.with_name(f".{self.out.name}{TMP_MARK}{os.getpid()}")
         if not self.is_file:
             self.tmp.mkdir()
+        self.files: list[OutputFile] = []
+        try:
+            for i, keys in enumerate(self.shards):
+                path = self.tmp if self.is_file else self.tmp / self.shard_name(i)
+                self.files.append(OutputFile(path, {k: infos[k] for k in keys}, {"format": "pt"},
+                                             manifest_reserve if self.is_file else 0,
+                                             shown=self.out if self.is_file else self.out / self.shard_name(i)))
+        except BaseException:
+            self.abort()
+            raise
 
     def _plan_shards(self, infos: dict[str, TensorInfo]) -> list[list[str]]:
         total = self.total_bytes = sum(i.nbytes for i in infos.values())
@@ -205,33 +321,27 @@ class SoupWriter:
         return f"model-{i + 1:05d}-of-{len(self.shards):05d}.safetensors"
 
     def add(self, key: str, tensor: torch.Tensor) -> None:
-        self.pending[key] = tensor
-        shard = self.shard_of[key]
-        if not self.is_file and all(k in self.pending for k in self.shards[shard]):
-            self._write_shard(shard, {"format": "pt"})
-
-    def _write_shard(self, i: int, metadata: dict[str, str]) -> None:
-        tensors = {k: self.pending.pop(k) for k in self.shards[i]}
-        name = self.shard_name(i)
-        self.sha256[name] = write_safetensors(self.tmp / name, tensors, metadata)
-        self.written += 1
+        shard = self.files[self.shard_of[key]]
+        shard.put(key, tensor)
+        if not self.is_file and not shard.missing:
+            shard.close({"format": "pt"})  # a full shard is finished now: its header holds no manifest
 
     def finish(self, manifest: dict) -> dict[str, str]:
-        """Write what remains, the index and the manifest, then rename into place. Returns sha256 by file."""
-        missing = [k for k in self.shard_of if k not in self.pending] if self.is_file else []
-        if missing:
-            raise RuntimeError(f"writer finished without tensor {missing[0]}")
+        """Write the header(s), the index and the manifest, then rename into place. Returns sha256 by file
+        (empty with hash_output=False)."""
+        from ladle.io.hashing import sha256_file
+
         manifest_text = json.dumps(manifest, indent=2, sort_keys=False, default=str)
         if self.is_file:
-            sha = write_safetensors(self.tmp, self.pending, {"format": "pt", MANIFEST_KEY: manifest_text})
-            self.pending.clear()
+            self.files[0].close({"format": "pt", MANIFEST_KEY: manifest_text})
             os.replace(self.tmp, self.out)
             _fsync_dir(self.out.parent)
             write_text_atomic(self.out.with_name(self.out.name + ".json"), manifest_text + "\n")
-            self.sha256 = {self.out.name: sha}
+            self.sha256 = {self.out.name: sha256_file(self.out)} if self.hash_output else {}
             return self.sha256
-        if self.written != len(self.shards):
-            raise RuntimeError("writer finished before every shard was complete")
+        unfinished = [f for f in self.files if f.missing]
+        if unfinished:
+            raise RuntimeError(f"writer finished without tensor {sorted(unfinished[0].missing)[0]}")
         if len(self.shards) > 1:
             index = {
                 "metadata": {"total_size": self.total_bytes, MANIFEST_KEY: DIR_MANIFEST},
@@ -251,14 +361,19 @@ class SoupWriter:
         else:
             os.rename(self.tmp, self.out)
         _fsync_dir(self.out.parent)
+        if self.hash_output:
+            names = [self.shard_name(i) for i in range(len(self.shards))]
+            self.sha256 = {name: sha256_file(self.out / name) for name in names}
         return dict(self.sha256)
 
     def abort(self) -> None:
-        self.pending.clear()
+        for f in self.files:
+            f.abort()
         if self.tmp.is_dir():
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
             self.tmp.unlink(missing_ok=True)
+        self.tmp.with_name(self.tmp.name + ".grow").unlink(missing_ok=True)
 
     def __enter__(self) -> SoupWriter:
         return self

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from ladle.progress import progress_bar
 
 from ladle.shifts import laion_c
 from ladle.data.load import ImageSet, fingerprint
@@ -329,7 +329,7 @@ def corrupted_sets(data: ImageSet, spec: SuiteSpec, *, seed: int = 0, cache: Cor
         if found is not None:
             out[cell] = _as_set(data, spec.suite, key, found[1], _checksum(*found), cache.path(key), found[0])
     missing = [cell for cell in keys if cell not in out]
-    bar = tqdm(total=len(keys), initial=len(out), desc=f"corrupt ({spec.suite})", unit="set", disable=not progress)
+    bar = progress_bar(total=len(keys), initial=len(out), desc=f"corrupt ({spec.suite})", unit="set", enabled=progress)
 
     def done(cell, part):
         out[cell] = part

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm import tqdm
+from ladle.progress import progress_bar
 
 from ladle.io.checkpoints import DTYPE_NAMES, Ingredient, is_float, open_ingredient, open_ingredients
 from ladle.soup.mixing import pairwise_cosine
@@ -128,7 +128,7 @@ def check_opened(
     gram = torch.zeros(n, n, dtype=torch.float64)  # of task vectors (with base) or of raw weights
     sqdist = torch.zeros(n, n, dtype=torch.float64)
     nonfinite: set[int] = set()  # their distances are unknown, not zero
-    for key in tqdm(shared, desc="check", unit="tensor", disable=not progress):
+    for key in progress_bar(shared, desc="check", unit="tensor", enabled=progress):
         info = ingredients[0].info(key)
         tensors = [ing.get(key) for ing in ingredients]
         for h, t in zip(hashers, tensors):

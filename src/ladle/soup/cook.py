@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from ladle.progress import progress_bar
 
 from ladle.soup.check import find_mismatches, select_keys
 from ladle.io.checkpoints import DTYPE_NAMES, SAFETENSORS_DTYPES, Ingredient, TensorInfo, is_float, open_ingredient
@@ -22,6 +23,7 @@ from ladle.soup.stream import mix_stream
 from ladle.io.writer import SoupWriter, check_destination
 
 ACCUMULATORS = {"float32": torch.float32, "float64": torch.float64}
+NOT_HASHED = "not hashed"  # the sha256 of an ingredient under --no-hash
 
 
 @dataclass
@@ -106,17 +108,24 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
         info = ings[0].info(k)
         out_infos[k] = TensorInfo(info.shape, out_dtype if (out_dtype and is_float(info.dtype)) else info.dtype)
 
-    writer = SoupWriter(out, out_infos, force=force, max_shard_size=max_shard_size) if out is not None else None
+    no_hash = options["no_hash"]
+    files = [f for ing in everyone for f in ing.files]
+    writer = None
+    if out is not None:  # the manifest's header space: its size now (hashes are fixed-length), with room to spare
+        draft = _manifest(recipe, params, plan, ings, base_ing, {str(f): "0" * 64 for f in files}, keys, include,
+                          exclude, accumulate, out_dtype, int_policy, [])
+        reserve = 3 * len(json.dumps(draft, indent=2, default=str)) // 2 + (16 << 10)
+        writer = SoupWriter(out, out_infos, force=force, max_shard_size=max_shard_size, manifest_reserve=reserve,
+                            hash_output=not no_hash)
     state: dict[str, torch.Tensor] = {}
     int_disagreements: list[str] = []
-    files = [f for ing in everyone for f in ing.files]
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        hashes = {f: pool.submit(sha256_file, f) for f in files}  # overlaps with mixing
+        hashes = {} if no_hash else {f: pool.submit(sha256_file, f) for f in files}  # overlaps with mixing
         try:
             stream = mix_stream(plan, ings, keys, base_ing, out_dtypes={k: i.dtype for k, i in out_infos.items()},
                                 accumulate=acc_dtype, int_policy=int_policy, reject_nonfinite=reject_nonfinite,
                                 int_disagreements=int_disagreements)
-            for key, tensor in tqdm(stream, total=len(keys), desc=f"cook {recipe}", unit="tensor", disable=not progress):
+            for key, tensor in progress_bar(stream, total=len(keys), desc=f"cook {recipe}", unit="tensor", enabled=progress):
                 if writer:
                     writer.add(key, tensor)
                 else:
@@ -171,7 +180,7 @@ def encoder_exclusions(paths: list) -> list[str]:
 
 
 def _describe_ingredient(ing: Ingredient, digests: dict[str, str]) -> dict:
-    files = [{"path": str(f), "bytes": f.stat().st_size, "sha256": digests[str(f)]} for f in ing.files]
+    files = [{"path": str(f), "bytes": f.stat().st_size, "sha256": digests.get(str(f), NOT_HASHED)} for f in ing.files]
     entry = {"path": ing.name, "bytes": sum(f["bytes"] for f in files) if files else ing.nbytes, "files": files}
     if len(files) == 1:
         entry["sha256"] = files[0]["sha256"]

@@ -18,6 +18,7 @@ def _declaration(
     int_policy: Annotated[Literal["first", "strict"], "integer tensors are never averaged: keep the first's, or require agreement"] = "first",
     reject_nonfinite: Annotated[bool, "fail if an ingredient holds NaN or Inf"] = False,
     max_shard_size: Annotated[Size, "shard size of directory outputs"] = "5GB",
+    no_hash: Annotated[bool, "skip the sha256 of the ingredients and of the output (the manifest says 'not hashed')"] = False,
 ) -> None:
     """Options of `ladle cook` shared by every recipe."""
 

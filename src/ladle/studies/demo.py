@@ -55,6 +55,8 @@ def run_demo(folder: Path, runs: int = 8, seed: int = 0, quick: bool = False) ->
                                           steps=4 if quick else 8)
     plot_interpolation(alphas, curves, report_dir / "interpolation.png",
                        f"{Path(a).stem} (α=0) → {Path(b).stem} (α=1)")
+    clock = x["clock"]
+    clock.seconds["plots and report"] = time.time() - start - sum(clock.seconds.values())
     minutes = (time.time() - start) / 60
     _write_markdown(report_dir / "report.md", table, records, made, minutes, shift)
     summary, cells = shift.to_csv()
@@ -63,9 +65,10 @@ def run_demo(folder: Path, runs: int = 8, seed: int = 0, quick: bool = False) ->
     write_text_atomic(report_dir / "results.json", strict_json(
         {"rows": [{"name": n, "accuracy": v} for n, v in rows], "max_single": max_single, "gains": result.gains(),
          "ingredients": records, "greedy_weights": made["greedy soup"].manifest["weights"],
-         "corruptions": shift.to_dict(), "minutes": minutes}) + "\n")
+         "corruptions": shift.to_dict(), "minutes": minutes, "seconds_by_phase": clock.seconds}) + "\n")
     print(f"\nreport: {report_dir}/report.md (plots: greedy.png, interpolation.png, accuracy.png, corruptions.png, "
           f"severity.png); soups: {folder}/soups/; results store: {folder}/results.sqlite; {minutes:.1f} min")
+    print(f"time: {clock.summary()}")
     print("one sweep seed: its gains differ across seeds and CPUs; `ladle study soups --seeds 0-4` gives mean ± sd")
     return 0
 

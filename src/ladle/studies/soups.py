@@ -61,11 +61,11 @@ def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, s
     from ladle.shifts.corruptions import IMAGENET_C, CorruptionCache, SuiteSpec
     from ladle.soup.cook import cook
     from ladle.studies.taste import shifted_splits
-    from ladle.training import sweep
+    from ladle.progress import Stopwatch
 
+    clock = Stopwatch()
     device = device or default_device()
     say = (lambda text: print(f"seed {seed}: {text}", flush=True)) if progress else (lambda text: None)
-    progress = progress and sys.stderr.isatty()  # bars for a person at a terminal; a log gets the plain lines
     runs, epochs = (3, 2) if quick else (runs, 6)
     if config is not None and not quick:
         from ladle.training import load_config
@@ -75,49 +75,47 @@ def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, s
     train, heldout, test = (load_data(f"digits:{s}", image_size=IMAGE_SIZE, seed=seed) for s in ("train", "heldout", "test"))
     say(f"{BUILTIN_STOCK} (ImageNet-pretrained) on real digits at {IMAGE_SIZE}px — {len(train)} train / "
         f"{len(heldout)} held-out / {len(test)} test; {runs} ingredients, {epochs} epochs each; sweep")
-    if config is None:
-        records = sweep(spec, train, heldout, folder / f"ingredients-seed{seed}", runs=runs, epochs=epochs, seed=seed,
-                        device=device, progress=progress, store=store)
-    else:  # another regime: the config's hyper-parameters, on the study's model and data
-        from ladle.execution import make_executor
-        from ladle.training import run_sweep
-
-        overrides = {"model": BUILTIN_STOCK, "data": "digits", "image_size": IMAGE_SIZE, "seed": seed,
-                     "runs": 3 if quick else None, "epochs": 2 if quick else None}
-        with make_executor("local:1") as here:
-            records = run_sweep(config, folder / f"ingredients-seed{seed}", overrides=overrides, executor=here,
-                                store=store, device=device, progress=progress)
+    with clock.phase("training"):
+        records = _train(folder, seed, spec, train, heldout, runs, epochs, quick, config, device, progress, store)
     paths = [r["path"] for r in records]
     say(f"{len(records)} ingredients ready; corrupted test slice")
     names, images = (QUICK_SHIFT[0], QUICK_SHIFT[2]) if quick else (IMAGENET_C, SHIFT_IMAGES)
     severities = QUICK_SHIFT[1] if quick else SHIFT_SEVERITIES
     part = test.subset(stratified_split(test.y.numpy(), [images], seed)[0], f"{images} for corruptions")
     suite = SuiteSpec("imagenet-c", names, severities)
-    shifted, grids = shifted_splits({"test slice": part}, [suite], seed=seed, cache=CorruptionCache(folder / "corrupted"),
-                                    progress=progress, executor=shift_executor)
+    with clock.phase("corruption"):
+        shifted, grids = shifted_splits({"test slice": part}, [suite], seed=seed,
+                                        cache=CorruptionCache(folder / "corrupted"), progress=progress,
+                                        executor=shift_executor)
     data = {"heldout": heldout, "test": test, "test slice": part, **shifted}
     cells = grids[("test slice", suite.suite)]
-    ev = Evaluator(spec.build(), data, mean=spec.mean, std=spec.std, device=device, store=store)
+    ev = Evaluator(spec.build(), data, mean=spec.mean, std=spec.std, device=device, store=store, progress=progress)
     say(f"evaluating {len(paths)} ingredients on {len(data)} splits")
     keys = {p: sha256_file(Path(p)) for p in paths}
-    for p in _bar(paths, "evaluate ingredients", progress):
-        ev.logits_many(p, open_ingredient(p).state_dict(), list(data), key=keys[p], kind="ingredient")
+    with clock.phase("evaluation"):
+        for p in _bar(paths, "evaluate ingredients", progress):
+            ev.logits_many(p, open_ingredient(p).state_dict(), list(data), key=keys[p], kind="ingredient")
 
     say("cooking the uniform, greedy and learned soups")
     soups_dir = folder / "soups" / f"seed{seed}"
     soups_dir.mkdir(parents=True, exist_ok=True)
-    made = {"uniform soup": cook("uniform", paths, out=soups_dir / "uniform.safetensors", force=True),
-            "greedy soup": cook("greedy", paths, scorer=Taster(ev, "heldout"), out=soups_dir / "greedy.safetensors", force=True)}
-    made["learned soup (per layer)"] = cook("learned", paths, scorer=Taster(ev, "heldout"), per="layer",
-                                            epochs=3 if quick else 5, out=soups_dir / "learned.safetensors", force=True)
+    with clock.phase("mixing"):
+        made = {"uniform soup": cook("uniform", paths, out=soups_dir / "uniform.safetensors", force=True)}
+    with clock.phase("greedy and learned soups (tasting candidates)"):
+        made["greedy soup"] = cook("greedy", paths, scorer=Taster(ev, "heldout"), out=soups_dir / "greedy.safetensors",
+                                   force=True, progress=progress)
+        made["learned soup (per layer)"] = cook("learned", paths, scorer=Taster(ev, "heldout"), per="layer",
+                                                epochs=3 if quick else 5, out=soups_dir / "learned.safetensors",
+                                                force=True, progress=progress)
     say("evaluating the soups")
-    for name, soup in _bar(list(made.items()), "evaluate soups", progress):
-        ev.logits_many(name, open_ingredient(soup.path).state_dict(), list(data), key=next(iter(soup.sha256.values())),
-                       kind="soup")
-    recal = Evaluator(spec.build(), {"heldout": heldout, "test": test}, mean=spec.mean, std=spec.std, device=device,
-                      bn="recalibrate", bn_data=train, store=store)
-    recal.logits_many("uniform", open_ingredient(made["uniform soup"].path).state_dict(), ["heldout", "test"],
-                      key=next(iter(made["uniform soup"].sha256.values())), kind="soup")
+    with clock.phase("evaluation"):
+        for name, soup in _bar(list(made.items()), "evaluate soups", progress):
+            ev.logits_many(name, open_ingredient(soup.path).state_dict(), list(data),
+                           key=next(iter(soup.sha256.values())), kind="soup")
+        recal = Evaluator(spec.build(), {"heldout": heldout, "test": test}, mean=spec.mean, std=spec.std,
+                          device=device, bn="recalibrate", bn_data=train, store=store)
+        recal.logits_many("uniform", open_ingredient(made["uniform soup"].path).state_dict(), ["heldout", "test"],
+                          key=next(iter(made["uniform soup"].sha256.values())), kind="soup")
 
     greedy_weights = made["greedy soup"].manifest["weights"]
     greedy_set = [p for p, w in zip(paths, greedy_weights) if w > 0]
@@ -147,10 +145,29 @@ def study_seed(folder: Path, seed: int, *, runs: int = 8, quick: bool = False, s
                          for n in [*paths, *made, *ensembles]], best)
     result = SeedResult(seed, rows, ingredients, len(greedy_set),
                         {"records": records, "made": made, "shift": shift, "evaluator": ev, "paths": paths,
-                         "best": best, "images": images})
+                         "best": best, "images": images, "clock": clock})
     if store is not None:
         record_seed(store, result, quick)
     return result
+
+
+def _train(folder: Path, seed: int, spec, train, heldout, runs: int, epochs: int, quick: bool, config, device,
+           progress: bool, store) -> list[dict]:
+    """The study's sweep: the demo's regime, or a sweep config's hyper-parameters on the study's model and data."""
+    from ladle.models import BUILTIN_STOCK
+    from ladle.training import sweep
+
+    if config is None:
+        return sweep(spec, train, heldout, folder / f"ingredients-seed{seed}", runs=runs, epochs=epochs, seed=seed,
+                     device=device, progress=progress, store=store)
+    from ladle.execution import make_executor
+    from ladle.training import run_sweep
+
+    overrides = {"model": BUILTIN_STOCK, "data": "digits", "image_size": IMAGE_SIZE, "seed": seed,
+                 "runs": 3 if quick else None, "epochs": 2 if quick else None}
+    with make_executor("local:1") as here:
+        return run_sweep(config, folder / f"ingredients-seed{seed}", overrides=overrides, executor=here,
+                         store=store, device=device, progress=progress)
 
 
 def record_seed(store, result: SeedResult, quick: bool) -> None:
@@ -177,9 +194,9 @@ def row_label(name: str, kind: str) -> str:
 
 
 def _bar(items, desc: str, progress: bool):
-    from tqdm import tqdm
+    from ladle.progress import progress_bar
 
-    return tqdm(items, desc=desc, unit="model", leave=False, disable=not progress)
+    return progress_bar(items, desc=desc, unit="model", enabled=progress)
 
 
 def seed_task(task: dict) -> dict:

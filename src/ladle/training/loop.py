@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from ladle.progress import progress_bar
 
 from ladle.errors import LadleError
 from ladle.evaluation.evaluator import channels_last
@@ -135,7 +135,7 @@ def train(model: nn.Module, objective: Objective, data, *, optimiser: Callable, 
         bn_policy(model)
         objective.train()
         losses, step = [], 0
-        with tqdm(total=total_steps, desc=desc, leave=False, disable=not progress) as bar:
+        with progress_bar(total=total_steps, desc=desc, unit="step", enabled=progress) as bar:
             while step < total_steps:
                 order = torch.randperm(len(data), generator=generator)
                 for start in range(0, len(data), batch_size):

@@ -24,7 +24,9 @@ def greedy(n: int, scorer: Scorer,
     counts[ranked[0]] = 1
     best = scores[ranked[0]]
     trace = [_step(scorer, ranked[0], scores[ranked[0]], scores[ranked[0]], True, 1, counts)]
-    for i in ranked[1:]:
+    from ladle.progress import progress_bar
+
+    for i in progress_bar(ranked[1:], desc="greedy soup", unit="candidate", enabled=scorer.progress):
         counts[i] += 1
         score = scorer.score_soup(_weights(counts))
         accepted = rule(score, best)

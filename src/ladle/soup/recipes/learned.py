@@ -17,7 +17,7 @@ def learned(n: int, scorer: Scorer,
     """Learned soup: mixing weights (softmax, per model or per tensor) and a logit temperature, fit on held-out data."""
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
+    from ladle.progress import progress_bar
 
     from ladle.soup.frozen_mix import frozen_ingredients, frozen_weighted_sum
 
@@ -30,7 +30,7 @@ def learned(n: int, scorer: Scorer,
     optimizer = torch.optim.AdamW([alpha, beta], lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in tqdm(range(epochs), desc=f"learned soup (per {per})", leave=False, disable=not scorer.progress):
+    for _ in progress_bar(range(epochs), desc=f"learned soup (per {per})", unit="epoch", enabled=scorer.progress):
         total, count = 0.0, 0
         for x, y in scorer.batches(batch_size, generator):
             w = alpha.softmax(-1).to(scorer.device)

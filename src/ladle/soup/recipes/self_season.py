@@ -34,7 +34,7 @@ def self_season(n: int, scorer: Scorer,
     """Self-seasoning: label-free mixing weights (softmax, from uniform) that minimise the neighbour entropy of the
     soup's embeddings on the target data; the weights of the lowest-loss epoch are kept. Labels are never read."""
     import torch
-    from tqdm import tqdm
+    from ladle.progress import progress_bar
 
     from ladle.soup.frozen_mix import frozen_ingredients, frozen_weighted_sum
 
@@ -48,7 +48,7 @@ def self_season(n: int, scorer: Scorer,
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch, eta_min=final_lr)
     generator = torch.Generator().manual_seed(seed)
     losses, weights_per_epoch = [], []
-    for _ in tqdm(range(epochs), desc="self-season", leave=False, disable=not scorer.progress):
+    for _ in progress_bar(range(epochs), desc="self-season", unit="epoch", enabled=scorer.progress):
         total, count = 0.0, 0
         for x, _labels_unused in scorer.batches(batch_size, generator):
             if len(x) <= k:
