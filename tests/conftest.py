@@ -23,6 +23,9 @@ from ladle.cli.main import main
 # progress lines on stderr depend on how long a phase takes: tests that compare stderr must not see them
 # (tests/test_progress.py turns them back on where it checks them)
 os.environ["LADLE_PROGRESS"] = "0"
+# the persistent logit cache would carry evaluations from one test to the next (their files often have the same
+# bytes): tests that check it turn it on
+os.environ["LADLE_LOGIT_CACHE"] = "0"
 
 VENV_BIN = Path(sys.executable).parent
 TMP_MARK = ".ladle-tmp-"

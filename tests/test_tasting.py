@@ -15,8 +15,8 @@ from ladle.models import tiny_cnn
 SIZE = 8
 
 
-def linear() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 10))
+def linear(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, num_classes))
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +212,65 @@ def test_a_sweep_with_another_seed_does_not_reuse_the_old_runs(tmp_path, digits)
     other = sweep(spec, digits["train"], digits["heldout"], tmp_path, runs=1, epochs=1, lp_steps=1, seed=1, progress=False)
     assert other[0]["hyperparameters"]["seed"] == 1000 and first[0]["hyperparameters"]["seed"] == 0
     assert other[0]["stock_sha256"] != first[0]["stock_sha256"]
+
+
+@pytest.mark.parametrize("accept", ["ge", "gt"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_early_rejection_decides_exactly_as_full_evaluation_in_fewer_passes(digits, ingredients, accept, seed):
+    """Noisy copies of good models, some near the acceptance bar: every keep/reject, and the soup, must be those of
+    full evaluations; candidates that cannot be kept stop early."""
+    (good0, good1), harmful = ingredients
+    g = torch.Generator().manual_seed(seed)
+    pool = [good0, good1, harmful]
+    for scale in (0.5, 1.0, 1.5, 2.5):
+        base = pool[int(torch.randint(2, (1,), generator=g))]
+        pool.append({k: v + torch.randn(v.shape, generator=g) * v.abs().mean() * scale for k, v in base.items()})
+    full_ev, fast_ev = evaluator(digits, batch_size=16), evaluator(digits, batch_size=16)
+    full = ladle.cook("greedy", pool, scorer=Taster(full_ev), accept=accept, with_replacement=True, full_scores=True)
+    fast = ladle.cook("greedy", pool, scorer=Taster(fast_ev), accept=accept, with_replacement=True)
+    assert fast.manifest["weights"] == full.manifest["weights"]
+    full_steps, fast_steps = full.manifest["trace"]["greedy"]["steps"], fast.manifest["trace"]["greedy"]["steps"]
+    assert [(s["index"], s["accepted"]) for s in fast_steps] == [(s["index"], s["accepted"]) for s in full_steps]
+    assert fast.manifest["trace"]["greedy"]["final_score"] == full.manifest["trace"]["greedy"]["final_score"]
+    assert all(torch.equal(fast.state_dict[k], full.state_dict[k]) for k in full.state_dict)
+    n = len(digits["heldout"])
+    stopped = [s for s in fast_steps if s["soup_score"] is None]
+    assert stopped and all(0 < s["stopped_after_images"] < n and not s["accepted"] for s in stopped)
+    for s, f in zip(fast_steps, full_steps):  # a scored step has the full evaluation's score
+        assert s["soup_score"] is None or s["soup_score"] == f["soup_score"]
+    assert fast_ev.forward_passes < full_ev.forward_passes
+
+
+def test_a_second_greedy_of_the_same_files_evaluates_nothing(tmp_path, digits, ingredients, monkeypatch):
+    """The persistent logit cache (ladle's cache folder) keys logits by file sha256, weights, model and data."""
+    from safetensors.torch import save_file
+
+    from ladle.evaluation import tasting
+    from ladle.evaluation.evaluator import Evaluator
+
+    monkeypatch.setenv("LADLE_LOGIT_CACHE", "1")
+    monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path / "cache"))
+    (good0, good1), harmful = ingredients
+    paths = []
+    for name, state in [("a", good0), ("b", good1), ("c", harmful)]:
+        paths.append(tmp_path / f"{name}.safetensors")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(paths[-1]))
+
+    def scorer():
+        return tasting.make_scorer("tests.test_tasting:linear", ["digits:heldout"], image_size=SIZE,
+                                   eval_batch_size=16)
+
+    first = scorer()
+    one = ladle.cook("greedy", [str(p) for p in paths], scorer=first, out=tmp_path / "one.safetensors")
+    assert first.evaluator.forward_passes > 0
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(Evaluator, "run", no_evaluation)
+    monkeypatch.setattr(Evaluator, "prepare", no_evaluation)
+    again = scorer()
+    two = ladle.cook("greedy", [str(p) for p in paths], scorer=again, out=tmp_path / "two.safetensors")
+    assert again.evaluator.forward_passes == 0
+    assert two.manifest["weights"] == one.manifest["weights"]
+    assert two.manifest["trace"]["greedy"]["steps"] == one.manifest["trace"]["greedy"]["steps"]

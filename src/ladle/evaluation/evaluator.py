@@ -48,6 +48,11 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, bins: int = 
     return Metrics(correct.mean().item(), nll, ece, len(labels))
 
 
+def _predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 classes exactly as metrics_from_logits takes them (argmax of the float64 softmax)."""
+    return logits.double().softmax(-1).max(-1).indices
+
+
 def ensemble_logits(logits: Iterable[torch.Tensor], mode: str = "probs") -> torch.Tensor:
     """Output ensemble: mean of probabilities (returned as log-probabilities) or mean of logits."""
     stack = torch.stack([l.double() for l in logits])
@@ -113,7 +118,7 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, splits: Mapping[str, ImageSet], *, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                  device: str | torch.device = "cpu", batch_size: int = 256, bn: str = "average",
-                 bn_data: ImageSet | None = None, progress: bool = False, store=None):
+                 bn_data: ImageSet | None = None, progress: bool = False, store=None, model_id: str | None = None):
         if bn not in BN_POLICIES:
             raise LadleError(f"bn: must be one of {', '.join(BN_POLICIES)}, got '{bn}'")
         if bn == "recalibrate" and bn_data is None:
@@ -132,9 +137,11 @@ class Evaluator:
         self.bn_data = bn_data
         self.bn_keys = batchnorm_keys(self.model)
         self.cache: dict[tuple[str, str], torch.Tensor] = {}
+        self.partial: dict[tuple[str, str], torch.Tensor] = {}  # logits of evaluations stopped early (reaches)
         self.progress = progress
         self.forward_passes = 0  # images pushed through the model: what caching saves
         self.store = store  # a ResultStore: logits found there are not recomputed, new ones are added
+        self.model_id = model_id  # the model spec, part of the store key of what a Taster scores
 
     @property
     def bn_key(self) -> str:
@@ -158,6 +165,7 @@ class Evaluator:
         self.splits[name] = data
         self._inputs.pop(name, None)
         self.cache = {k: v for k, v in self.cache.items() if k[1] != name}
+        self.partial = {k: v for k, v in self.partial.items() if k[1] != name}
 
     def prepare(self, state: Mapping[str, torch.Tensor], first: Mapping[str, torch.Tensor] | None = None,
                 source: object = "soup") -> None:
@@ -212,18 +220,66 @@ class Evaluator:
             for s in todo:
                 self.cache[(name, s)] = self.run(s)
                 if self.store is not None and key is not None:
-                    m = metrics_from_logits(self.cache[(name, s)], self.labels(s))
-                    self.store.put_evaluation(key, self._fingerprint(s), self.bn_key, model_name=str(name), kind=kind,
-                                              data_name=s, accuracy=m.accuracy, nll=m.nll, ece=m.ece, n=m.n,
-                                              logits=self.cache[(name, s)])
+                    self._put(key, name, s, kind)
         return {s: self.cache[(name, s)] for s in splits}
+
+    @torch.inference_mode()
+    def reaches(self, name: str, state, split: str, needed: int, first=None, key: str | None = None) -> tuple[bool, int]:
+        """Whether `state` gets at least `needed` examples of `split` right, and how many images it took to know.
+
+        Stops as soon as the answer is no: when the errors so far leave fewer right answers possible than
+        `needed`, so a candidate that cannot win costs only the batches it takes to see that. The answer is that
+        of a full evaluation (same predictions as metrics_from_logits); a complete pass is cached like `logits`."""
+        y = self.labels(split)
+        n = len(y)
+        if (name, split) not in self.cache and (name, split) not in self.partial and self.store is not None \
+                and key is not None:
+            found = self.store.logits(key, self._fingerprint(split), self.bn_key)
+            if found is not None and len(found) <= n:
+                (self.cache if len(found) == n else self.partial)[(name, split)] = found
+        if (name, split) in self.cache:
+            return int((_predictions(self.cache[(name, split)]) == y).sum()) >= needed, 0
+        known = self.partial.get((name, split))  # the first images of an evaluation stopped before
+        if known is not None and int((_predictions(known) == y[: len(known)]).sum()) + n - len(known) < needed:
+            return False, len(known)  # what it took to see it, back then
+        self.prepare(state, first, name)
+        x = self.splits[split].x
+        out, correct, seen = [], 0, 0
+        for i in range(0, n, self.batch_size):
+            logits = self.model(channels_last(self.normalise(x[i : i + self.batch_size]).to(self.device))).float().cpu()
+            out.append(logits)
+            correct += int((_predictions(logits) == y[i : i + len(logits)]).sum())
+            seen += len(logits)
+            self.forward_passes += len(logits)
+            if correct + (n - seen) < needed and seen < n:
+                self.partial[(name, split)] = torch.cat(out)
+                if self.store is not None and key is not None:  # kept as a partial row: its n says how far it got
+                    m = metrics_from_logits(self.partial[(name, split)], y[:seen])
+                    self.store.put_evaluation(key, self._fingerprint(split), self.bn_key, model_name=str(name),
+                                              kind="partial", data_name=split, accuracy=m.accuracy, nll=m.nll,
+                                              ece=m.ece, n=seen, logits=self.partial[(name, split)])
+                return False, seen
+        self.partial.pop((name, split), None)
+        self.cache[(name, split)] = torch.cat(out)
+        if self.store is not None and key is not None:
+            self._put(key, name, split, "soup")
+        return correct >= needed, seen
+
+    def _put(self, key: str, name: str, split: str, kind: str) -> None:
+        m = metrics_from_logits(self.cache[(name, split)], self.labels(split))
+        self.store.put_evaluation(key, self._fingerprint(split), self.bn_key, model_name=str(name), kind=kind,
+                                  data_name=split, accuracy=m.accuracy, nll=m.nll, ece=m.ece, n=m.n,
+                                  logits=self.cache[(name, split)])
 
     def _fingerprint(self, split: str) -> str:
         data = self.splits[split]
         return data.source.get("fingerprint") or fingerprint(data)
 
-    def score(self, name: str, state, split: str, first=None) -> Metrics:
-        return metrics_from_logits(self.logits(name, state, split, first), self.labels(split))
+    def score(self, name: str, state, split: str, first=None, key: str | None = None, kind: str = "model") -> Metrics:
+        if state is None and (name, split) not in self.cache and key is None:
+            raise KeyError(f"no cached logits for {name} on {split}")
+        return metrics_from_logits(self.logits_many(name, state, [split], first, key=key, kind=kind)[split],
+                                   self.labels(split))
 
     def ensemble(self, names: list[str], split: str, mode: str = "probs") -> Metrics:
         return metrics_from_logits(ensemble_logits([self.cache[(n, split)] for n in names], mode), self.labels(split))

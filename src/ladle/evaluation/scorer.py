@@ -8,6 +8,7 @@ code that writes soups to disk, and their logits are cached by their weights.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import torch
 from torch.func import functional_call
@@ -33,6 +34,8 @@ class Taster:
         self.keys: list[str] = []
         self.headless: list[str] = []  # head keys the ingredients lack (encoder-only): nothing to score with
         self.names: list[str] = []
+        self._file_keys: list[list[str]] | None = None
+        self.last_images = 0  # images the last early-rejecting score_soup pushed through the model
 
     @property
     def device(self) -> torch.device:
@@ -46,6 +49,7 @@ class Taster:
         """Use these ingredients; each must fit the model exactly (no missing, extra or mis-shaped tensor), but for
         the head with `encoder_only` (the model's own head then stands in)."""
         self.ingredients, self.keys = list(ingredients), list(keys)
+        self._file_keys = None
         names = [i.name for i in self.ingredients]
         # cache keys must tell apart the same file given twice
         self.names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
@@ -114,24 +118,60 @@ class Taster:
     def _value(self, m: Metrics) -> float:
         return m.accuracy if self.metric == "accuracy" else -m.nll
 
+    def content_key(self, weights) -> str | None:
+        """What the results store files logits under: the model and the (file sha256, weight) of every ingredient
+        in the soup, in order (an ingredient alone is itself at weight 1, whatever the others); None without a
+        store, or for in-memory ingredients (no file to hash)."""
+        if self.evaluator.store is None or any(not ing.files for ing in self.ingredients):
+            return None
+        if self._file_keys is None:
+            from ladle.io.hashing import sha256_file
+
+            self._file_keys = [[sha256_file(f) for f in ing.files] for ing in self.ingredients]
+        what = {"model": self.evaluator.model_id, "keys": hashlib.sha256("\n".join(self.keys).encode()).hexdigest(),
+                "soup": [[self._file_keys[i], float(w)] for i, w in enumerate(weights) if w != 0]}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
     def ingredient_metrics(self, i: int, split: str | None = None) -> Metrics:
         self._needs_head()
-        state = None if (self.names[i], split or self.split) in self.evaluator.cache else self.ingredient_state(i)
-        return self.evaluator.score(self.names[i], state, split or self.split, first=state)
+        split = split or self.split
+        key = self.content_key([float(j == i) for j in range(len(self.ingredients))])
+        state = None if (self.names[i], split) in self.evaluator.cache or self._stored(key, split) else \
+            self.ingredient_state(i)
+        return self.evaluator.score(self.names[i], state, split, first=state, key=key, kind="ingredient")
 
     def score_ingredient(self, i: int) -> float:
         return self._value(self.ingredient_metrics(i))
 
+    def _soup_name(self, weights) -> str:
+        return f"soup of {self._group}[" + ",".join(f"{w:.6g}" for w in weights) + "]"
+
+    def _stored(self, key: str | None, split: str) -> bool:
+        ev = self.evaluator
+        return key is not None and ev.store.logits(key, ev._fingerprint(split), ev.bn_key) is not None
+
     def soup_metrics(self, weights, split: str | None = None) -> Metrics:
         self._needs_head()
-        name = f"soup of {self._group}[" + ",".join(f"{w:.6g}" for w in weights) + "]"
-        split = split or self.split
-        state = None if (name, split) in self.evaluator.cache else self.soup_state(weights)
+        name, split, key = self._soup_name(weights), split or self.split, self.content_key(weights)
+        state = None if (name, split) in self.evaluator.cache or self._stored(key, split) else self.soup_state(weights)
         first = self.ingredient_state(0) if self.evaluator.bn == "first" and state is not None else None
-        return self.evaluator.score(name, state, split, first=first)
+        return self.evaluator.score(name, state, split, first=first, key=key, kind="soup")
 
-    def score_soup(self, weights) -> float:
-        return self._value(self.soup_metrics(weights))
+    def score_soup(self, weights, must_reach: float | None = None, strictly: bool = False) -> float | None:
+        """The soup's score; with `must_reach` (accuracy only), None as soon as it is certain that the soup scores
+        below it (or not above it, `strictly`): the same decision as a full evaluation, in fewer passes."""
+        if must_reach is None or self.metric != "accuracy":
+            return self._value(self.soup_metrics(weights))
+        self._needs_head()
+        n = len(self.evaluator.labels(self.split))
+        needed = round(must_reach * n) + (1 if strictly else 0)  # accuracies are counts / n: exact
+        name, key = self._soup_name(weights), self.content_key(weights)
+        cached = (name, self.split) in self.evaluator.cache or self._stored(key, self.split)
+        state = None if cached else self.soup_state(weights)
+        first = self.ingredient_state(0) if self.evaluator.bn == "first" and state is not None else None
+        reached, self.last_images = self.evaluator.reaches(name, state, self.split, needed, first=first, key=key)
+        complete = reached or (name, self.split) in self.evaluator.cache  # it ran to the end: the score is known
+        return self._value(self.soup_metrics(weights)) if complete else None
 
     def use_shots(self, shots: int, seed: int = 0) -> None:
         """Taste on `shots` labelled examples drawn (stratified, seeded) from the current split: test-time search."""

@@ -68,9 +68,27 @@ def make_scorer(
                                                recalibrate=bn == "recalibrate")
     net = spec.build()
     check_num_classes(net, next(iter(splits.values())))
+    model_id = f"{model}|classes={num_classes or next(iter(splits.values())).num_classes}"
     evaluator = Evaluator(net, splits, mean=spec.mean, std=spec.std, device=device or default_device(),
-                          batch_size=eval_batch_size, bn=bn, bn_data=bn_set, progress=progress)
+                          batch_size=eval_batch_size, bn=bn, bn_data=bn_set, progress=progress,
+                          store=logit_cache(), model_id=model_id)
     return Taster(evaluator, split=next(iter(splits)))
+
+
+def logit_cache():
+    """The persistent logit cache (a results store in ladle's cache folder): a second greedy, learned or seasoned
+    soup of the same files on the same data evaluates nothing twice. `LADLE_LOGIT_CACHE=0` turns it off."""
+    import os
+
+    from ladle.io.hashing import cache_root
+    from ladle.results.store import ResultStore
+
+    if os.environ.get("LADLE_LOGIT_CACHE", "1") == "0":
+        return None
+    try:
+        return ResultStore(cache_root() / "logits.sqlite")
+    except (LadleError, OSError):
+        return None  # an unwritable or damaged cache is no reason to fail a soup: evaluate without it
 
 
 def _tasting_options():

@@ -20,9 +20,15 @@ def plot_greedy(trace: dict, path: Path) -> None:
     steps = trace["greedy"]["steps"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = range(len(steps))
-    ax.plot(xs, [100 * s["soup_score"] for s in steps], "-", color="0.6", zorder=1)
-    ax.scatter(xs, [100 * s["soup_score"] for s in steps], c=["tab:green" if s["accepted"] else "tab:red" for s in steps],
+    scored = [(x, s) for x, s in zip(xs, steps) if s["soup_score"] is not None]
+    ax.plot([x for x, _ in scored], [100 * s["soup_score"] for _, s in scored], "-", color="0.6", zorder=1)
+    ax.scatter([x for x, _ in scored], [100 * s["soup_score"] for _, s in scored],
+               c=["tab:green" if s["accepted"] else "tab:red" for _, s in scored],
                zorder=2, label="candidate soup (green: kept)")
+    stopped = [x for x, s in zip(xs, steps) if s["soup_score"] is None]
+    if stopped:  # no score: its evaluation stopped once it could not be kept; drawn at the bar it missed
+        bar = [100 * trace["greedy"]["final_score"]] * len(stopped)
+        ax.scatter(stopped, bar, marker="v", color="tab:red", zorder=2, label="stopped early (below the soup)")
     ax.scatter(xs, [100 * s["ingredient_score"] for s in steps], marker="x", color="tab:blue", label="candidate alone")
     ax.set_xticks(list(xs), [f"#{s['index']}" for s in steps])
     ax.set_xlabel("candidates in rank order")

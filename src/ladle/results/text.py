@@ -27,9 +27,12 @@ def format_trace(trace: dict) -> str:
         g = trace["greedy"]
         lines.append(f"greedy soup ({g['metric']} on {g['split']}, accept if {'not worse' if g['accept'] == 'ge' else 'better'})")
         lines.append(f"{'pass':>4}  {'candidate':<40}{'own':>8}{'soup':>8}  accepted  size")
+        if any(s["soup_score"] is None for s in g["steps"]):
+            lines[0] += "; 'stopped': its evaluation stopped once it could not be kept"
         for s in g["steps"]:
             name = s["candidate"] if len(s["candidate"]) <= 39 else "…" + s["candidate"][-38:]
-            lines.append(f"{s['pass']:>4}  {name:<40}{100 * s['ingredient_score']:>8.2f}{100 * s['soup_score']:>8.2f}  "
+            soup = "stopped" if s["soup_score"] is None else f"{100 * s['soup_score']:.2f}"
+            lines.append(f"{s['pass']:>4}  {name:<40}{100 * s['ingredient_score']:>8.2f}{soup:>8}  "
                          f"{'yes' if s['accepted'] else 'no':<8}  {s['soup_size']:>4}")
     if "learned" in trace:
         learned = trace["learned"]

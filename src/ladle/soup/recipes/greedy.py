@@ -13,8 +13,13 @@ ACCEPT_RULES = {"ge": lambda new, best: new >= best, "gt": lambda new, best: new
 def greedy(n: int, scorer: Scorer,
            accept: Annotated[Literal["ge", "gt"], "keep a candidate if the soup is not worse (ge, paper) or better (gt, official code)"] = "ge",
            with_replacement: Annotated[bool, "candidates may be added again (non-uniform weights)"] = False,
-           max_passes: Annotated[int, "with replacement: passes over the candidates at most"] = 5) -> Plan:
-    """Greedy soup: rank by held-out accuracy, start from the best, add each next one if the soup is not worse."""
+           max_passes: Annotated[int, "with replacement: passes over the candidates at most"] = 5,
+           full_scores: Annotated[bool, "score every candidate soup on the whole split (for the trace and its plot) "
+                                        "instead of stopping a candidate as soon as it cannot be kept"] = False) -> Plan:
+    """Greedy soup: rank by held-out accuracy, start from the best, add each next one if the soup is not worse.
+
+    A candidate's evaluation stops as soon as its errors leave it unable to reach the soup it must match (the
+    decision is a full evaluation's; its trace then holds no score, only the images it took)."""
     if max_passes < 1:
         raise LadleError(f"max_passes: must be at least 1, got {max_passes}")
     rule = ACCEPT_RULES[accept]
@@ -28,8 +33,8 @@ def greedy(n: int, scorer: Scorer,
 
     for i in progress_bar(ranked[1:], desc="greedy soup", unit="candidate", enabled=scorer.progress):
         counts[i] += 1
-        score = scorer.score_soup(_weights(counts))
-        accepted = rule(score, best)
+        score = _taste(scorer, counts, best, accept == "gt", full_scores)
+        accepted = score is not None and rule(score, best)
         if accepted:
             best = score
         else:
@@ -41,8 +46,8 @@ def greedy(n: int, scorer: Scorer,
         added = False
         for i in ranked:  # later passes must strictly improve, so the loop ends
             counts[i] += 1
-            score = scorer.score_soup(_weights(counts))
-            accepted = score > best
+            score = _taste(scorer, counts, best, True, full_scores)
+            accepted = score is not None and score > best
             if accepted:
                 best, added = score, True
             else:
@@ -55,11 +60,21 @@ def greedy(n: int, scorer: Scorer,
         "ingredient_scores": scores, "data": scorer.data_record(), "steps": trace, "final_score": best}})
 
 
+def _taste(scorer, counts: list[int], best: float, strictly: bool, full: bool) -> float | None:
+    """The candidate soup's score, or None once it is certain it cannot beat `best` (not worse: `strictly` off)."""
+    if full:
+        return scorer.score_soup(_weights(counts))
+    return scorer.score_soup(_weights(counts), must_reach=best, strictly=strictly)
+
+
 def _weights(counts: list[int]) -> list[float]:
     total = sum(counts)
     return [c / total for c in counts]
 
 
 def _step(scorer, i, own, soup, accepted, pass_no, counts) -> dict:
-    return {"pass": pass_no, "candidate": scorer.names[i], "index": i, "ingredient_score": own,
+    step = {"pass": pass_no, "candidate": scorer.names[i], "index": i, "ingredient_score": own,
             "soup_score": soup, "accepted": accepted, "soup_size": sum(counts)}
+    if soup is None:  # stopped early: it could not be kept
+        step["stopped_after_images"] = getattr(scorer, "last_images", None)
+    return step
