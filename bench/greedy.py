@@ -8,7 +8,9 @@ ingredients are ranked by evaluating each of them that way. ladle decodes the da
 ingredient's logits and mixes candidates tensor by tensor.
 
 Both run the whole study a user wants: rank, greedy pass, and a final table of every ingredient and
-the soup on held-out and test. Prints wall times and the ratio (target: ladle ≥ 3× faster).
+the soup on held-out and test. ladle runs it twice through one persistent logit cache: cold (the first run; a
+candidate that cannot be kept stops early) and warm (a re-run evaluates nothing). Prints wall times and the
+ratios (targets: first run ≥ 3x the reference, warm re-run ≥ 20x).
 
     .venv/bin/python bench/greedy.py [--runs 6] [--workdir bench/results/greedy]
 """
@@ -76,14 +78,15 @@ def reference_study(spec, paths, heldout_dir: Path, test_dir: Path) -> dict:
     return {"soup": sorted(soup), "table": table}
 
 
-def ladle_study(spec, paths, heldout, test) -> dict:
-    ev = Evaluator(spec.build(), {"heldout": heldout, "test": test}, mean=spec.mean, std=spec.std)
-    soup = ladle.cook("greedy", paths, scorer=Taster(ev, "heldout"))
-    for p in paths:
-        ev.logits_many(p, ladle.load_soup(p), ["heldout", "test"])
-    ev.logits_many("greedy", soup.state_dict, ["heldout", "test"])
-    table = {n: tuple(metrics_from_logits(ev.cache[(n, s)], ev.labels(s)).accuracy for s in ("heldout", "test"))
-             for n in paths + ["greedy"]}
+def ladle_study(spec, paths, heldout, test, store) -> dict:
+    """Rank, greedy pass (candidates stop early once they cannot be kept) and the final table, every evaluation
+    through the persistent logit cache `store` (keyed by file sha256, weights, model and data)."""
+    ev = Evaluator(spec.build(), {"heldout": heldout, "test": test}, mean=spec.mean, std=spec.std, store=store,
+                   model_id="efficientnet-lite0|classes=10")
+    taster = Taster(ev, "heldout")
+    soup = ladle.cook("greedy", paths, scorer=taster)
+    table = {p: tuple(taster.ingredient_metrics(i, s).accuracy for s in ("heldout", "test")) for i, p in enumerate(paths)}
+    table["greedy"] = tuple(taster.soup_metrics(soup.manifest["weights"], s).accuracy for s in ("heldout", "test"))
     chosen = sorted(p for p, w in zip(paths, soup.manifest["weights"]) if w > 0)
     return {"soup": chosen, "table": table, "forward_images": ev.forward_passes}
 
@@ -108,24 +111,37 @@ def main() -> None:
     heldout_png = load_data(f"{heldout_dir}:all", image_size=SIZE)
     test_png = load_data(f"{test_dir}:all", image_size=SIZE)
 
-    t0 = time.perf_counter()
-    ours = ladle_study(spec, paths, heldout_png, test_png)
-    t_ladle = time.perf_counter() - t0
+    from ladle.results.store import ResultStore
+
+    cache = work / "logit-cache.sqlite"
+    for side in ("", "-wal", "-shm"):
+        Path(str(cache) + side).unlink(missing_ok=True)  # the first run starts cold
+    with ResultStore(cache) as store:
+        t0 = time.perf_counter()
+        ours = ladle_study(spec, paths, heldout_png, test_png, store)
+        t_ladle = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        warm = ladle_study(spec, paths, heldout_png, test_png, store)
+        t_warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref = reference_study(spec, paths, heldout_dir, test_dir)
     t_ref = time.perf_counter() - t0
 
-    same = ours["soup"] == ref["soup"]
+    same = ours["soup"] == ref["soup"] == warm["soup"]
+    first, again = t_ref / t_ladle, t_ref / t_warm
     print(f"greedy soup of {len(paths)} EfficientNet-Lite0 ingredients, {len(heldout_png)} held-out + {len(test_png)} test images (384 px JPEG)")
-    print(f"{'':<28}{'wall s':>10}")
-    print(f"{'reference (rebuild each)':<28}{t_ref:>10.1f}")
-    print(f"{'ladle (cached)':<28}{t_ladle:>10.1f}")
-    print(f"speed-up: {t_ref / t_ladle:.2f}x (target ≥ 3x: {'PASS' if t_ref / t_ladle >= 3 else 'FAIL'}); "
-          f"same greedy set: {same}; greedy held-out ladle {100 * ours['table']['greedy'][0]:.2f}% "
-          f"vs reference {100 * ref['table']['greedy'][0]:.2f}%")
+    print(f"{'':<36}{'wall s':>10}{'images':>10}")
+    print(f"{'reference (Recipe 1, rebuild each)':<36}{t_ref:>10.1f}{'':>10}")
+    print(f"{'ladle, first run (cold cache)':<36}{t_ladle:>10.1f}{ours['forward_images']:>10}")
+    print(f"{'ladle, again (warm cache)':<36}{t_warm:>10.1f}{warm['forward_images']:>10}")
+    print(f"first run: {first:.2f}x the reference (target ≥ 3x: {'PASS' if first >= 3 else 'FAIL'}); "
+          f"again: {again:.1f}x (target ≥ 20x: {'PASS' if again >= 20 else 'FAIL'}); same greedy set: {same}; "
+          f"greedy held-out ladle {100 * ours['table']['greedy'][0]:.2f}% vs reference {100 * ref['table']['greedy'][0]:.2f}%")
     out = work / "greedy.json"
-    out.write_text(json.dumps({"ladle_s": t_ladle, "reference_s": t_ref, "ratio": t_ref / t_ladle, "same_soup": same,
-                               "ingredients": len(paths)}, indent=2) + "\n")
+    out.write_text(json.dumps({"ladle_s": t_ladle, "ladle_warm_s": t_warm, "reference_s": t_ref, "ratio": first,
+                               "ratio_warm": again, "same_soup": same, "ingredients": len(paths),
+                               "forward_images": {"first": ours["forward_images"], "warm": warm["forward_images"]}},
+                              indent=2) + "\n")
 
 
 if __name__ == "__main__":

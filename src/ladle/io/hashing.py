@@ -62,6 +62,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return value
 
 
+def checkpoint_sha256(files: list) -> str:
+    """A checkpoint's content hash: the sha256 of its file, or of its files' sha256s for a sharded directory."""
+    if len(files) == 1:
+        return sha256_file(files[0])
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+
+
 def _remember(cache: Path, path: str, stamp: str, value: str) -> None:
     from ladle.io.writer import write_text_atomic
 

@@ -1,15 +1,15 @@
 """Preflight: can these ingredients be souped, and how far apart are they?
 
 `find_mismatches` looks only at headers (cheap; `cook` runs it before mixing). `check` reads
-every tensor once, key by key, for non-finite values, content hashes and distances.
+every tensor once, key by key and block by block, for non-finite values, bitwise identity and distances.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import math
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -18,7 +18,7 @@ from ladle.progress import progress_bar
 from ladle.io.checkpoints import DTYPE_NAMES, Ingredient, is_float, open_ingredient, open_ingredients
 from ladle.soup.mixing import pairwise_cosine
 
-CHUNK = 1 << 22  # elements per ingredient per step of the distance pass
+CHUNK = 1 << 17  # elements per ingredient per step of the distance pass: float64 blocks that stay in cache
 
 
 def select_keys(keys: list[str], include: list[str] | tuple = (), exclude: list[str] | tuple = ()) -> list[str]:
@@ -95,12 +95,6 @@ def _describe(ing: Ingredient, keys: list[str]) -> dict:
     }
 
 
-def _hash_tensor(h, key: str, t: torch.Tensor) -> None:
-    """Feed a tensor's name, dtype, shape and bytes to a content hash."""
-    h.update(f"{key}|{DTYPE_NAMES[t.dtype]}|{list(t.shape)}|".encode())
-    h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
 def check(ingredients, base=None, include=(), exclude=(), progress: bool = False) -> CheckReport:
     """Preflight report over ingredients (paths, state dicts, modules or opened `Ingredient`s)."""
     return check_opened(open_ingredients(list(ingredients)), open_ingredient(base) if base is not None else None,
@@ -124,52 +118,56 @@ def check_opened(
     shared = [k for k in keys if k not in bad]
 
     n = len(ingredients)
-    hashers = [hashlib.sha256() for _ in ingredients]
+    selected = [set(select_keys(ing.keys(), include, exclude)) for ing in ingredients]
+    # equal[i][j]: ingredients i and j hold bit-identical selected tensors (so far); settled pairs stop comparing
+    equal = [[i == j or selected[i] == selected[j] for j in range(n)] for i in range(n)]
     gram = torch.zeros(n, n, dtype=torch.float64)  # of task vectors (with base) or of raw weights
     sqdist = torch.zeros(n, n, dtype=torch.float64)
     nonfinite: set[int] = set()  # their distances are unknown, not zero
-    for key in progress_bar(shared, desc="check", unit="tensor", enabled=progress):
-        info = ingredients[0].info(key)
-        tensors = [ing.get(key) for ing in ingredients]
-        for h, t in zip(hashers, tensors):
-            _hash_tensor(h, key, t)
-        if not is_float(info.dtype):
-            differs = any(not torch.equal(tensors[0], t) for t in tensors[1:])
-            report.integer_buffers.append({"key": key, "dtype": DTYPE_NAMES[info.dtype], "agree": not differs})
-            continue
-        for i, (ing, t) in enumerate(zip(ingredients, tensors)):
-            if not torch.isfinite(t).all():
-                nonfinite.add(i)
-                report.warnings.append({"kind": "nonfinite", "file": ing.name, "key": key,
-                                        "message": "holds NaN or Inf values"})
-        base_t = base.get(key).reshape(-1) if base is not None else None
-        flat = [t.reshape(-1) for t in tensors]
-        for start in range(0, info.numel, CHUNK):
-            block = torch.stack([f[start : start + CHUNK].double() for f in flat])
-            if base_t is not None:
-                block -= base_t[start : start + CHUNK].double()
-            gram += block @ block.T
-            sqdist += torch.cdist(block, block, compute_mode="donot_use_mm_for_euclid_dist") ** 2
-        for ing in everyone:
-            ing.release(key)
-    # Keys with a problem take no part in distances, but they do in identity: without this, ingredients
-    # that differ only where they mismatch (say, one tensor's dtype) would be reported identical.
-    selected = [set(select_keys(ing.keys(), include, exclude)) for ing in ingredients]
-    for key in sorted(bad):
-        for h, ing, have in zip(hashers, ingredients, selected):
-            if key not in have:
-                h.update(f"{key}|absent|".encode())
-                continue
-            _hash_tensor(h, key, ing.get(key))
-            ing.release(key)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digests = pool.submit(_file_digests, ingredients)  # from the hash cache, or hashed beside the pass
+        buffers = torch.empty(n + 1, min(CHUNK, max((ingredients[0].info(k).numel for k in shared), default=1)),
+                              dtype=torch.float64)  # one block per ingredient, and one for the base
+        for key in progress_bar(shared, desc="check", unit="tensor", enabled=progress):
+            info = ingredients[0].info(key)
+            flat = [ing.get(key).reshape(-1) for ing in ingredients]
+            if not is_float(info.dtype):
+                _compare_blocks(equal, flat)
+                differs = any(not torch.equal(flat[0], t) for t in flat[1:])
+                report.integer_buffers.append({"key": key, "dtype": DTYPE_NAMES[info.dtype], "agree": not differs})
+            else:
+                base_t = base.get(key).reshape(-1) if base is not None else None
+                flagged: set[int] = set()
+                for start in range(0, info.numel, CHUNK):
+                    blocks = [t[start : start + CHUNK] for t in flat]
+                    _compare_blocks(equal, blocks)
+                    _accumulate(blocks, base_t[start : start + CHUNK] if base_t is not None else None, buffers,
+                                gram, sqdist, flagged)
+                for i in sorted(flagged):
+                    nonfinite.add(i)
+                    report.warnings.append({"kind": "nonfinite", "file": ingredients[i].name, "key": key,
+                                            "message": "holds NaN or Inf values"})
+            for ing in everyone:
+                ing.release(key)
+        # Keys with a problem take no part in distances, but they do in identity: without this, ingredients
+        # that differ only where they mismatch (say, one tensor's dtype) would be reported identical.
+        for key in sorted(bad):
+            holders = [i for i in range(n) if key in selected[i]]
+            for i in holders:
+                for j in holders:
+                    if i < j and equal[i][j]:
+                        a, b = ingredients[i], ingredients[j]
+                        equal[i][j] = equal[j][i] = a.info(key) == b.info(key) and torch.equal(a.get(key), b.get(key))
+            for i in holders:
+                ingredients[i].release(key)
+        for i, d in enumerate(digests.result()):
+            report.ingredients[i]["sha256"] = d
 
-    digests = [h.hexdigest() for h in hashers]
-    for i, d in enumerate(digests):
-        report.ingredients[i]["content_sha256"] = d
-    groups: dict[str, list[str]] = {}
-    for ing, d in zip(ingredients, digests):
-        groups.setdefault(d, []).append(ing.name)
-    report.identical_groups = [g for g in groups.values() if len(g) > 1]
+    groups: list[list[int]] = []
+    for i in range(n):
+        home = next((g for g in groups if equal[g[0]][i]), None)
+        home.append(i) if home is not None else groups.append([i])
+    report.identical_groups = [[ingredients[i].name for i in g] for g in groups if len(g) > 1]
     for g in report.identical_groups:
         report.warnings.append({"kind": "identical", "file": g[1], "key": None,
                                 "message": f"identical in content to {g[0]} (counts twice in a soup)"})
@@ -188,6 +186,48 @@ def check_opened(
         rel = torch.where(mean_norm > 0, sqdist.sqrt() / mean_norm.clamp_min(1e-300), torch.zeros_like(sqdist))
         report.relative_l2 = _rounded(_mark_unknown(rel, unknown))
     return report
+
+
+def _compare_blocks(equal: list[list[bool]], blocks: list[torch.Tensor]) -> None:
+    """Settle pairs that differ in these blocks (a pair found different is never compared again)."""
+    n = len(blocks)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if equal[i][j] and not torch.equal(blocks[i], blocks[j]):
+                equal[i][j] = equal[j][i] = False
+
+
+def _accumulate(blocks: list[torch.Tensor], base: torch.Tensor | None, buffers: torch.Tensor, gram: torch.Tensor,
+                sqdist: torch.Tensor, flagged: set[int]) -> None:
+    """One pass over one block of every ingredient: converted once into a reused float64 buffer, then the dot
+    products (Gram matrix) and squared distances of every pair; a non-finite self-product flags NaN or Inf."""
+    n, size = len(blocks), len(blocks[0])
+    rows = buffers[:, :size]
+    for i, b in enumerate(blocks):
+        rows[i].copy_(b)
+    if base is not None:
+        rows[n].copy_(base)
+        rows[:n] -= rows[n]
+    for i in range(n):
+        own = torch.dot(rows[i], rows[i])
+        if not torch.isfinite(own) and not torch.isfinite(blocks[i]).all():
+            flagged.add(i)
+        gram[i, i] += own
+        for j in range(i + 1, n):
+            gram[i, j] += torch.dot(rows[i], rows[j])
+            gram[j, i] = gram[i, j]
+    for i in range(n):
+        for j in range(i + 1, n):
+            diff = torch.sub(rows[i], rows[j], out=rows[n])
+            sqdist[i, j] += torch.dot(diff, diff)
+            sqdist[j, i] = sqdist[i, j]
+
+
+def _file_digests(ingredients: list[Ingredient]) -> list[str | None]:
+    """Each ingredient's sha256 (of its file; of its files' hashes when sharded), as cook records it; None in memory."""
+    from ladle.io.hashing import checkpoint_sha256
+
+    return [checkpoint_sha256(ing.files) if ing.files else None for ing in ingredients]
 
 
 def _mark_unknown(m: torch.Tensor, rows: list[int]) -> torch.Tensor:

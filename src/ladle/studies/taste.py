@@ -112,33 +112,38 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
     evaluators = {p: Evaluator(model, every, mean=spec.mean, std=spec.std, device=device, batch_size=batch_size, bn=p,
                                bn_data=bn_data, progress=progress, store=store) for p in policies}
     base_ev = evaluators[policies[0]]
+    # Memory: ingredients stay lazily opened files (their tensors are read while a model loads them, and their
+    # pages dropped after), so at most the uniform soup and the model's own copy are held, whatever N.
     rows: list[Row] = []
-    ingredient_names, ingredient_states, keys = [], [], {}
+    ingredients, keys = [], {}
     soups = []
     for ckpt in checkpoints:
         ing = open_ingredient(ckpt)
         if is_soup(ckpt):
             soups.append((ing.name, ing))
             continue
-        state = {k: ing.get(k) for k in ing.keys()}
         keys[ing.name] = content_key(ing)
-        base_ev.logits_many(ing.name, state, list(every), key=keys[ing.name], kind="ingredient")
-        ingredient_names.append(ing.name)
-        ingredient_states.append(state)
+        base_ev.logits_many(ing.name, _lazy_state(ing), list(every), key=keys[ing.name], kind="ingredient")
+        _release(ing)
+        ingredients.append(ing)
         rows.append(Row(ing.name, "ingredient", {s: base_ev.score(ing.name, None, s) for s in every}))
-    first_state = ingredient_states[0] if ingredient_states else None
-    if uniform and len(ingredient_states) > 1:
+    ingredient_names = [ing.name for ing in ingredients]
+    first_state = _lazy_state(ingredients[0]) if ingredients else None  # only its BatchNorm tensors are read
+    if uniform and len(ingredients) > 1:
         from ladle.results.store import soup_key
 
         keys["uniform soup"] = soup_key("uniform", {}, [keys[n] for n in ingredient_names])
-        soups.insert(0, ("uniform soup", cook("uniform", ingredient_states).state_dict))
+        soups.insert(0, ("uniform soup", cook("uniform", ingredients).state_dict))  # streamed: one model in memory
     for name, soup in soups:
-        state = soup if isinstance(soup, dict) else {k: soup.get(k) for k in soup.keys()}
+        state = soup if isinstance(soup, dict) else _lazy_state(soup)
         key = keys.get(name) or content_key(soup)
         for p, ev in evaluators.items():
             ev.logits_many(f"{name}@{p}", state, list(every), first=first_state,
                            key=None if p == "first" else key, kind="soup")
             rows.append(Row(name, "soup", {s: ev.score(f"{name}@{p}", None, s) for s in every}, bn=p if len(policies) > 1 else ""))
+        if not isinstance(soup, dict):
+            _release(soup)
+        del state
     if len(ingredient_names) > 1:
         rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
                         {s: base_ev.ensemble(ingredient_names, s) for s in every}))
@@ -160,6 +165,8 @@ def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict[str, ImageSet], ba
              device="cpu", batch_size: int = 256) -> list[Row]:
     """Rows read out by weighted kNN (ladle.evaluation.knn): encoders need no head, so encoder-only ingredients
     and soups are tasted as they are; the ensemble averages the ingredients' kNN class probabilities."""
+    import glob
+
     import torch
 
     from ladle.evaluation.evaluator import metrics_from_logits
@@ -186,36 +193,48 @@ def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict[str, ImageSet], ba
     def row(name: str, kind: str, probs: dict) -> Row:
         return Row(name, kind, {s: metrics_from_logits(p.clamp_min(1e-12).log(), splits[s].y) for s, p in probs.items()})
 
-    rows, states, ingredient_probs, soups = [], [], [], []
+    def encoder(ing) -> dict:
+        return {k: ing.get(k) for k in ing.keys() if k not in heads}  # lazily read; heads are not read
+
+    rows, ingredients, ingredient_probs, soups = [], [], [], []
     for ckpt in checkpoints:
         ing = open_ingredient(ckpt)
-        state = {k: ing.get(k) for k in ing.keys() if k not in heads}  # the encoder: heads are not read
         if is_soup(ckpt):
-            soups.append((ing.name, state))
+            soups.append((ing.name, ing))
             continue
-        states.append(state)
-        ingredient_probs.append(probabilities(ing.name, state))
+        ingredients.append(ing)
+        ingredient_probs.append(probabilities(ing.name, encoder(ing)))
+        _release(ing)
         rows.append(row(ing.name, "ingredient", ingredient_probs[-1]))
-    if uniform and len(states) > 1:
-        soups.insert(0, ("uniform soup", cook("uniform", states).state_dict))
-    rows += [row(name, "soup", probabilities(name, state)) for name, state in soups]
+    if uniform and len(ingredients) > 1:
+        soup = cook("uniform", ingredients, exclude=[glob.escape(k) for k in sorted(heads)]).state_dict
+        soups.insert(0, ("uniform soup", soup))
+    for name, soup in soups:
+        rows.append(row(name, "soup", probabilities(name, soup if isinstance(soup, dict) else encoder(soup))))
+        if not isinstance(soup, dict):
+            _release(soup)
     if len(ingredient_probs) > 1:
         rows.append(row(f"ensemble of {len(ingredient_probs)}", "ensemble",
                         {s: torch.stack([p[s] for p in ingredient_probs]).mean(0) for s in splits}))
     return rows
 
 
+def _lazy_state(ing) -> dict:
+    """The checkpoint's tensors as views of its file: nothing is read until a model loads them."""
+    return {k: ing.get(k) for k in ing.keys()}
+
+
+def _release(ing) -> None:
+    """Drop the pages of a checkpoint that has been read, so tasting N of them holds none of them afterwards."""
+    for k in ing.keys():
+        ing.release(k)
+
+
 def content_key(ing) -> str | None:
-    """A checkpoint's content hash (sha256 of its file; of its files, for a sharded directory): its key in the store."""
-    import hashlib
+    """A checkpoint's content hash: its key in the store (None for an in-memory state)."""
+    from ladle.io.hashing import checkpoint_sha256
 
-    from ladle.io.hashing import sha256_file
-
-    if not ing.files:
-        return None
-    if len(ing.files) == 1:
-        return sha256_file(ing.files[0])
-    return hashlib.sha256("".join(sha256_file(f) for f in ing.files).encode()).hexdigest()
+    return checkpoint_sha256(ing.files) if ing.files else None
 
 
 def shifted_splits(data: dict[str, ImageSet], corruptions: list[SuiteSpec], *, seed: int = 0,
