@@ -6,7 +6,8 @@ N float32 checkpoints of a transformer-like layout (written once by numpy, reuse
 command a fresh whole process (interpreter start and imports included), page cache warm, sha256 cache warm (a
 first untimed run of each fills it). Peak RSS is each child's own (wait4; this parent imports neither torch nor
 numpy, since an exec'd child inherits its parent's peak). Medians of --repeats, interleaved.
-Targets (issue 11): check ≤ the time of the cook; check's peak RSS ≤ 128 MiB above a bare `ladle recipes`.
+Targets (issue 11): check ≤ the time of the cook; check's peak RSS ≤ 128 MiB above a bare process that only
+imports what the commands import.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def make(count: int, size_mb: int, folder: Path) -> list[Path]:
 
 
 def run(args: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one fresh `ladle` process."""
+    """(wall seconds, peak RSS MiB) of one fresh `ladle ARGS` process (`python -c …` for the bare one)."""
     start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "ladle.cli.main", *args], stdout=subprocess.DEVNULL,
+    argv = [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "ladle.cli.main", *args]
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, env={**os.environ, "LADLE_PROGRESS": "0"})
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
@@ -73,7 +75,7 @@ def main() -> None:
     paths = [str(work / f"ckpt-{i}-{args.size_mb}mb.safetensors") for i in range(args.count)]
     out = str(work / "soup.safetensors")
     commands = {"check": ["check", *paths], "cook uniform": ["cook", "uniform", *paths, "-o", out, "--force"],
-                "bare (ladle recipes)": ["recipes"]}
+                "bare (imports only)": ["-c", "import ladle.cli.main, ladle.soup.check, ladle.soup.cook"]}
     for argv in commands.values():
         run(argv)  # warm the page cache and the sha256 cache
     times = {name: [] for name in commands}
@@ -92,9 +94,9 @@ def main() -> None:
           f"{args.repeats}, caches warm")
     print(f"{'command':<24}{'wall s':>9}{'peak RSS MiB':>14}{'above bare':>12}")
     for name in commands:
-        print(f"{name:<24}{med[name]:>9.2f}{rss[name]:>14.0f}{rss[name] - rss['bare (ladle recipes)']:>12.0f}")
+        print(f"{name:<24}{med[name]:>9.2f}{rss[name]:>14.0f}{rss[name] - rss['bare (imports only)']:>12.0f}")
     ratio = med["check"] / med["cook uniform"]
-    above = rss["check"] - rss["bare (ladle recipes)"]
+    above = rss["check"] - rss["bare (imports only)"]
     print(f"check / cook: {ratio:.2f} (target ≤ 1: {'PASS' if ratio <= 1 else 'FAIL'}); check RSS above bare: "
           f"{above:.0f} MiB (target ≤ 128: {'PASS' if above <= 128 else 'FAIL'})")
     (work / "check.json").write_text(json.dumps({"median_s": med, "peak_rss_mib": rss, "ratio": ratio,

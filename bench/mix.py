@@ -52,9 +52,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "ladle-bench"  # outside the repository: several GB
 MODES = ("ladle", "cold", "io", "naive")  # in-process; cold: ladle with no sha256 cache (a first soup of new files)
 WHOLE_MODES = ("python", "imports", "cat-dd", "cook")  # whole processes, exec to exit, beside every sweep row
-LLAMA_MODES = ("python", "imports", "cat-dd", "cook", "cook-nohash", "soups-loop", "mergekit")
+LLAMA_MODES = ("python", "imports", "cat-dd", "cook", "cook-nohash", "soups-loop", "mergekit", "ladle", "io")
 NO_INPUTS = ("python", "imports")  # read no ingredient
-SOUPS = ("cook", "cook-nohash", "soups-loop", "mergekit")  # whole-process modes whose output is checked
+SOUPS = ("cook", "cook-nohash", "soups-loop", "mergekit", "ladle")  # modes whose output is checked (--llama)
 DTYPES = ("float32", "bfloat16")
 LAYOUT_VERSION = 1
 MiB = 1 << 20
@@ -771,6 +771,13 @@ def evaluate_llama(row: dict) -> list[tuple[str, bool | None, str]]:
         extra = above_bare(row, mode)
         checks.append((f"(c) {label} peak RSS <= {RSS_ABOVE_BARE_MIB} MiB above the bare process, N = {row['n']}",
                        extra <= RSS_ABOVE_BARE_MIB, f"measured +{extra:.0f} MiB"))
+    if "ladle" in row:  # the same targets measured in-process at this size (work only, RSS above idle)
+        ratio = row["ladle"]["gbps"] / row["io"]["gbps"]
+        checks.append((f"(b) at this size: in-process ladle throughput >= {MIN_IO_RATIO['float32']}x the I/O bound, "
+                       f"float32, N = {row['n']}", ratio >= MIN_IO_RATIO["float32"], f"measured {ratio:.2f}x"))
+        checks.append((f"(c) at this size: in-process ladle peak RSS <= {RSS_ABOVE_BARE_MIB} MiB above idle, "
+                       f"N = {row['n']}", row["ladle"]["rss_mib"] <= RSS_ABOVE_BARE_MIB,
+                       f"measured +{row['ladle']['rss_mib']:.0f} MiB"))
     wrong = [f"{m} ({row[m]['max_abs_err']:.1e})" for m in SOUPS if m in row
              and max(r["max_abs_err"] for r in row[m]["runs"]) > MAX_ABS_ERR]
     checks.append((f"every soup equals the mean of its inputs (max |error| <= {MAX_ABS_ERR:g} on {len(LLAMA_CHECK_KEYS)} "
@@ -837,14 +844,16 @@ LLAMA_WHAT = {
     "cook-nohash": "the same with `--no-hash`",
     "soups-loop": "model-soups loop: load_file each, running sum, save_file",
     "mergekit": "`mergekit-yaml` linear, float32 (+ fsync of its files)",
+    "ladle": "in-process `ladle.cook` (work only; RSS above idle)",
+    "io": "in-process I/O bound (readinto, write, fsync; work only)",
 }
 
 
 def markdown_llama(row: dict, checks, env: dict) -> str:
     if "skipped" in row:
         return f"--llama skipped: {row['skipped']}\n"
-    head = ("| mode | what | wall s (median) | runs s | input GB/s | CPU s | peak RSS MiB | above bare MiB "
-            "| `ladle cook` faster by |")
+    head = ("| mode | what | wall s (median) | runs s | input GB/s | CPU s | peak RSS MiB "
+            "| above bare (or idle) MiB | `ladle cook` faster by |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     cook = row["cook"]["wall_s"]
     for mode in LLAMA_MODES:
@@ -853,8 +862,9 @@ def markdown_llama(row: dict, checks, env: dict) -> str:
             continue
         m = row[mode]
         runs = ", ".join(f"{x['wall_s']:.2f}" for x in m["runs"])
-        above = f"{above_bare(row, mode):+.0f}" if mode in ("cook", "cook-nohash") else ""
-        faster = f"{m['wall_s'] / cook:.2f}x" if mode in ("soups-loop", "mergekit", "cook-nohash") else ""
+        above = (f"{above_bare(row, mode):+.0f}" if mode in ("cook", "cook-nohash") else
+                 f"{m['rss_mib']:+.0f} (idle)" if "rss_mib" in m else "")
+        faster = f"{m['wall_s'] / cook:.2f}x" if mode in ("soups-loop", "mergekit") else ""
         lines.append(f"| {mode} | {LLAMA_WHAT[mode]} | {m['wall_s']:.3f} | {runs} | {fmt(m['gbps'])} | {m['cpu_s']:.2f} "
                      f"| {m['peak_rss_mib']:.0f} | {above} | {faster} |")
     bound = row["cat-dd"]["wall_s"] + row["python"]["wall_s"]
@@ -868,7 +878,8 @@ def markdown_llama(row: dict, checks, env: dict) -> str:
         f"{'tied' if c['tie_word_embeddings'] else 'untied'} embeddings. ladle and mergekit are given the directories.",
         f"I/O bound = cat-and-dd + bare python = {bound:.2f} s; `ladle cook` / bound = {whole_ratio(row):.2f} "
         f"(--no-hash: {whole_ratio(row, 'cook-nohash'):.2f}). `ladle cook` minus the bare process (imports) = "
-        f"{cook - row['imports']['wall_s']:.2f} s of work.",
+        f"{cook - row['imports']['wall_s']:.2f} s of work."
+        + (f" In-process, ladle / I/O bound = {row['ladle']['gbps'] / row['io']['gbps']:.2f}." if "ladle" in row else ""),
         f"Above bare = peak RSS minus the bare process's peak ({row['imports']['peak_rss_mib']:.0f} MiB: "
         f"`python -c '{IMPORTS}'`).",
         f"Wall = exec to exit (mergekit: + the parent's fsync of its output files, median "

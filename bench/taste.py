@@ -47,11 +47,11 @@ def make_checkpoints(model: str, n: int, folder: Path) -> list[Path]:
     return paths
 
 
-def peak_rss(args: list[str]) -> tuple[float, float]:
-    """(peak RSS in MiB, wall seconds) of one fresh `ladle` process."""
+def peak_rss(args: list[str], ladle: bool = True) -> tuple[float, float]:
+    """(peak RSS in MiB, wall seconds) of one fresh `ladle ARGS` process (or `python ARGS`)."""
     env = {**os.environ, "LADLE_LOGIT_CACHE": "0", "LADLE_PROGRESS": "0"}
     start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "ladle.cli.main", *args], stdout=subprocess.DEVNULL,
+    child = subprocess.Popen([sys.executable, *(["-m", "ladle.cli.main"] if ladle else []), *args], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
@@ -76,9 +76,9 @@ def main() -> None:
                    check=True)
     paths = [work / "ckpts" / f"ckpt-{i:02d}.safetensors" for i in range(max(counts))]
     one = paths[0].stat().st_size / MiB
-    bare, _ = peak_rss(["recipes"])  # the interpreter, torch and ladle, no model
+    bare, _ = peak_rss(["-c", "import timm, ladle.cli.main, ladle.studies.taste"], ladle=False)  # what taste imports
     print(f"ladle taste of N × {args.model} ({one:.0f} MiB each) on 300 held-out digits at 32 px; "
-          f"bare `ladle recipes` process: {bare:.0f} MiB")
+          f"bare process (interpreter, torch, timm, ladle's taste imported): {bare:.0f} MiB")
     print(f"{'N':>4}{'peak RSS MiB':>14}{'above bare':>12}{'wall s':>9}{'all held would add':>20}")
     rows = []
     for n in counts:

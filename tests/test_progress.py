@@ -21,9 +21,8 @@ def test_quick_work_says_nothing_in_a_log():
 def test_long_work_gets_one_plain_line_per_interval_and_a_closing_line():
     out = io.StringIO()
     bar = LogLines(range(4), desc="eval test", unit="batch", every=0.0, stream=out)
-    assert list(bar) == [0, 1, 2, 3]
     bar.set_postfix_str("gaussian_noise 3")
-    bar.close()
+    assert list(bar) == [0, 1, 2, 3]  # the end of the iterable closes it, with a closing line
     lines = out.getvalue().splitlines()
     assert [line.split(",")[0] for line in lines] == ["eval test: 1/4 batches (25%)", "eval test: 2/4 batches (50%)",
                                                       "eval test: 3/4 batches (75%)", "eval test: 4/4 batches (100%)",

@@ -319,3 +319,16 @@ def test_spec_errors_are_one_line_exit_2(case, ingredients, empty_npz, cli, tmp_
         assert "ingredient-00.safetensors" in r.err and "tensor '" in r.err
     if "empty" in case:
         assert str(empty_npz) in r.err
+
+
+def test_a_soup_tasted_alone_has_no_gain_to_show(greedy, cli):
+    """Without ingredients there is no best single one: the gain cells stay empty (no 'nan'), no such row."""
+    soup = greedy[3]
+    r = cli("taste", soup, *TASTING, "--data", "digits:test", "--no-uniform", "--corruptions", "imagenet-c:contrast",
+            "--severities", "2")
+    assert r.code == 0, r.err
+    assert "nan" not in r.out and "best single ingredient" not in r.out
+    lines = r.out.splitlines()
+    row = next(line for line in lines if line.startswith(str(soup)[-32:]) or line.startswith("…"))
+    want = 100 * accuracy(model_with(soup), load_data('digits:test', image_size=16), (0.5,) * 3, (0.5,) * 3)
+    assert row.split()[1:] == ["soup", f"{want:.2f}"]

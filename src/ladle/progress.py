@@ -48,9 +48,12 @@ class LogLines:
         self.spoke = False
 
     def __iter__(self) -> Iterator[Any]:
-        for item in self.iterable:
-            yield item
-            self.update()
+        try:
+            for item in self.iterable:
+                yield item
+                self.update()
+        finally:
+            self.close()  # as tqdm does at the end of its iterable
 
     def __len__(self) -> int:
         return self.total or 0

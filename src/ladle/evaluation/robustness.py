@@ -165,12 +165,14 @@ class ShiftReport:
                  f"(severities {', '.join(str(s) for s in sorted({s for _, s in self.cells()}))})", head, "-" * len(head)]
         for r in self.summary():
             label = r["model"] if len(r["model"]) <= 33 else "…" + r["model"][-32:]
-            gain = (lambda v: f"{100 * v:+7.2f}" if v is not None else " " * 7)
+            gain = (lambda v: f"{100 * v:+7.2f}" if v is not None and v == v else " " * 7)  # none without ingredients
+            ratio = (lambda v, w: f"{v:>{w}.1f}" if v == v else f"{'—':>{w}}")  # 0/0: the baseline lost nothing
             lines.append(f"{label:<34}{r['kind'][:10]:<11}{100 * r['clean']:>8.2f}{gain(r['gain_clean'])}"
-                         f"{100 * r['corrupted']:>9.2f}{gain(r['gain_corrupted'])}{r['mce']:>8.1f}"
-                         f"{r['relative_mce']:>9.1f}{100 * r['relative_robustness']:>9.2f}")
+                         f"{100 * r['corrupted']:>9.2f}{gain(r['gain_corrupted'])}{ratio(r['mce'], 8)}"
+                         f"{ratio(r['relative_mce'], 9)}{100 * r['relative_robustness']:>9.2f}")
         best_clean, best_corrupted = self.best_single()
-        lines.append(f"{'best single ingredient':<45}{100 * best_clean:>8.2f}{'':>7}{100 * best_corrupted:>9.2f}")
+        if best_clean == best_clean:  # there are ingredients to compare with
+            lines.append(f"{'best single ingredient':<45}{100 * best_clean:>8.2f}{'':>7}{100 * best_corrupted:>9.2f}")
         lines.append(f"accuracies in %; gain = soup gain against the best ingredient on that column; "
                      f"mCE and relative mCE ×100 relative to {base_name}")
         return "\n".join(lines)

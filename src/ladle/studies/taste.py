@@ -65,12 +65,14 @@ class TasteReport:
             cells = ""
             for s in self.splits:
                 acc = 100 * r.accuracy(s)
-                gain = "" if r.kind == "ingredient" else f"{100 * self.gain(r, s):+.{digits}f}"
+                g = self.gain(r, s)
+                gain = "" if r.kind == "ingredient" or g != g else f"{100 * g:+.{digits}f}"  # none without ingredients
                 cells += f"{acc:>14.{digits}f}{gain:>8}"
             label = r.name if len(r.name) <= 33 else "…" + r.name[-32:]
             lines.append(f"{label:<34}{(r.kind + (' ' + r.bn if r.bn else ''))[:11]:<12}{cells}")
-        lines.append(f"{'best single ingredient':<34}{'':<12}" +
-                     "".join(f"{100 * self.best_single(s):>14.{digits}f}{'':>8}" for s in self.splits))
+        if self.ingredients():
+            lines.append(f"{'best single ingredient':<34}{'':<12}" +
+                         "".join(f"{100 * self.best_single(s):>14.{digits}f}{'':>8}" for s in self.splits))
         return "\n\n".join(["\n".join(lines)] + [shift.format() for shift in self.shifts])
 
 
