@@ -28,7 +28,7 @@ from PIL import Image
 
 import ladle
 from ladle.data import load_data
-from ladle.evaluation.evaluator import Evaluator, metrics_from_logits
+from ladle.evaluation.evaluator import Evaluator
 from ladle.evaluation.scorer import Taster
 from ladle.models import model_spec
 from ladle.training import sweep

@@ -195,7 +195,7 @@ def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict[str, ImageSet], ba
     def row(name: str, kind: str, probs: dict) -> Row:
         return Row(name, kind, {s: metrics_from_logits(p.clamp_min(1e-12).log(), splits[s].y) for s, p in probs.items()})
 
-    def encoder(ing) -> dict:
+    def encoder_of(ing) -> dict:
         return {k: ing.get(k) for k in ing.keys() if k not in heads}  # lazily read; heads are not read
 
     rows, ingredients, ingredient_probs, soups = [], [], [], []
@@ -205,14 +205,14 @@ def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict[str, ImageSet], ba
             soups.append((ing.name, ing))
             continue
         ingredients.append(ing)
-        ingredient_probs.append(probabilities(ing.name, encoder(ing)))
+        ingredient_probs.append(probabilities(ing.name, encoder_of(ing)))
         _release(ing)
         rows.append(row(ing.name, "ingredient", ingredient_probs[-1]))
     if uniform and len(ingredients) > 1:
         soup = cook("uniform", ingredients, exclude=[glob.escape(k) for k in sorted(heads)]).state_dict
         soups.insert(0, ("uniform soup", soup))
     for name, soup in soups:
-        rows.append(row(name, "soup", probabilities(name, soup if isinstance(soup, dict) else encoder(soup))))
+        rows.append(row(name, "soup", probabilities(name, soup if isinstance(soup, dict) else encoder_of(soup))))
         if not isinstance(soup, dict):
             _release(soup)
     if len(ingredient_probs) > 1:
