@@ -350,9 +350,9 @@ def study_self_soup(out: Path, *, config=None, executor=None, device=None, progr
     made["uniform"] = _cook_once(cook, "uniform", paths, soups / "uniform.safetensors")
     made["greedy"] = _cook_once(cook, "greedy", paths, soups / "greedy.safetensors",
                                 scorer=lambda: make_scorer(cfg.model, [f"{cfg.data}:heldout"], image_size=cfg.image_size,
-                                                           device=device, split="heldout"))
+                                                           device=device, split="heldout", progress=progress))
     on_pool = lambda: make_scorer(cfg.model, [f"{pool}:all"], image_size=cfg.image_size,  # noqa: E731
-                                  num_classes=halves["num_classes"], device=device, split="all")
+                                  num_classes=halves["num_classes"], device=device, split="all", progress=progress)
     # the paper's form mixes the stock in; the second row leaves it out, since a stock whose features were never
     # collapsed onto these classes scores a low neighbour entropy whatever its accuracy (see the README)
     for label, models, name in [("self-seasoned", [str(stock), *paths], "self-seasoned"),
