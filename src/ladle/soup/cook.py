@@ -130,6 +130,7 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
                     writer.add(key, tensor)
                 else:
                     state[key] = tensor
+                del tensor  # written: let it go before the next key is mixed
             digests = {str(f): h.result() for f, h in hashes.items()}
             manifest = _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, exclude,
                                  accumulate, out_dtype, int_policy, int_disagreements)

@@ -27,6 +27,7 @@ def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredie
         for ing in ings + ([base_ing] if base_ing else []):
             ing.release(key)
         yield key, tensor
+        del tensor  # not kept alive while the next key is mixed: one finished tensor in memory at a time
 
 
 def _check_finite(t: torch.Tensor, ing: Ingredient, key: str, reject: bool) -> None:
