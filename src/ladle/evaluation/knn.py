@@ -23,11 +23,12 @@ def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Ten
 
 
 @torch.no_grad()
-def embeddings(model, data, mean, std, *, device="cpu", batch_size: int = 256) -> torch.Tensor:
+def embeddings(model, data, mean, std, *, device="cpu", batch_size: int | None = None) -> torch.Tensor:
     """The encoder's embedding (the classifier's input) of every image, in eval mode, on the CPU."""
-    from ladle.evaluation.evaluator import channels_last
+    from ladle.evaluation.evaluator import channels_last, eval_batch_size
     from ladle.models.encoder import embed
 
+    batch_size = batch_size or eval_batch_size(device)
     mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     was = model.training
     model.eval()

@@ -55,7 +55,7 @@ def make_scorer(
     bn: Annotated[Literal[BN_POLICIES], "BatchNorm statistics of soups: averaged, recomputed on --bn-data, or the first ingredient's"] = "average",
     bn_data: Annotated[str, "data for --bn recalibrate (default: the data's train split)"] = None,
     device: Annotated[str, "cpu, cuda, cuda:1 … (default: cuda if available)"] = None,
-    eval_batch_size: Annotated[int, "evaluation batch size"] = 256,
+    eval_batch_size: Annotated[int, "evaluation batch size (default 64 on a CPU, 256 on a GPU)"] = None,
     seed: Annotated[int, "seed of the data splits (and of the recipe, if it takes one)"] = 0,
     *, split: str = "heldout", progress: bool = False,
 ):

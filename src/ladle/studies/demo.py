@@ -32,8 +32,14 @@ def run_demo(folder: Path, runs: int = 8, seed: int = 0, quick: bool = False) ->
 
     start = time.time()
     folder.mkdir(parents=True, exist_ok=True)
-    with ResultStore(folder / "results.sqlite") as store, make_executor("local") as shifts:
-        result = study_seed(folder, seed, runs=runs, quick=quick, store=store, shift_executor=shifts)
+    with ResultStore(folder / "results.sqlite") as store:  # open to the end: the plots' soups go through it too
+        with make_executor("local") as shifts:
+            result = study_seed(folder, seed, runs=runs, quick=quick, store=store, shift_executor=shifts)
+        return _report(folder, result, start, quick)
+
+
+def _report(folder: Path, result, start: float, quick: bool) -> int:
+    """The demo's tables, plots and report files, from one seed's result."""
     x = result.extras
     made, shift, records, paths, best = x["made"], x["shift"], x["records"], x["paths"], x["best"]
     rows = [(name, acc) for name, _, acc in result.rows]

@@ -87,7 +87,7 @@ def is_soup(path) -> bool:
 
 
 def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: str | list[str] = "average",
-          bn_data: ImageSet | None = None, uniform: bool = True, device="cpu", batch_size: int = 256,
+          bn_data: ImageSet | None = None, uniform: bool = True, device="cpu", batch_size: int | None = None,
           progress: bool = False, corruptions: list[SuiteSpec] = (), corruption_seed: int = 0,
           cache: CorruptionCache | None = None, mce_baseline: str = "best", executor=None, store=None,
           knn_bank: ImageSet | None = None) -> TasteReport:
@@ -164,7 +164,7 @@ def _report(data, rows, grids, corruptions, shifted, mce_baseline) -> TasteRepor
 
 
 def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict[str, ImageSet], bank: ImageSet, *, uniform: bool = True,
-             device="cpu", batch_size: int = 256) -> list[Row]:
+             device="cpu", batch_size: int | None = None) -> list[Row]:
     """Rows read out by weighted kNN (ladle.evaluation.knn): encoders need no head, so encoder-only ingredients
     and soups are tasted as they are; the ensemble averages the ingredients' kNN class probabilities."""
     import glob
@@ -277,7 +277,7 @@ def write_report(report: TasteReport, folder: Path) -> None:
 
 
 def taste_specs(checkpoints: list, *, model: str, data: list[str], num_classes: int | None = None, image_size: int = 64,
-                bn: str = "average", bn_data: str | None = None, device: str | None = None, eval_batch_size: int = 256,
+                bn: str = "average", bn_data: str | None = None, device: str | None = None, eval_batch_size: int | None = None,
                 seed: int = 0, uniform: bool = True, corruptions: list[str] = (), severities: str = "1-5",
                 corruption_seed: int = 0, corruption_cache: str | None = None, mce_baseline: str = "best",
                 executor=None, store=None, db=None, progress: bool = False, readout: str = "head",
