@@ -49,8 +49,8 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, bins: int = 
 
 
 def eval_batch_size(device) -> int:
-    """Images per forward pass when none is given: 64 on a CPU (bench/eval.py: 2.4x plain eager inference at 64,
-    1.8x at 256, 1.5x at 1,024, for EfficientNet-Lite0 on 2 cores; smaller batches stay in cache), 256 on a GPU."""
+    """Images per forward pass when none is given: 64 on a CPU (bench/eval.py, EfficientNet-Lite0 on 2 cores:
+    1.3-1.6x the images/s of batch 256, 2.4-3.6x plain eager inference; smaller batches stay in cache), 256 on a GPU."""
     return 64 if torch.device(device).type == "cpu" else 256
 
 
