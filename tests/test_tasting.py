@@ -274,3 +274,32 @@ def test_a_second_greedy_of_the_same_files_evaluates_nothing(tmp_path, digits, i
     assert again.evaluator.forward_passes == 0
     assert two.manifest["weights"] == one.manifest["weights"]
     assert two.manifest["trace"]["greedy"]["steps"] == one.manifest["trace"]["greedy"]["steps"]
+
+
+def test_a_stopped_evaluation_in_the_store_is_finished_when_a_lower_bar_asks_for_it(tmp_path, digits, ingredients):
+    """A candidate stopped early against a high bar leaves partial logits; asked again against a bar it may clear,
+    it is evaluated to the end (from its file, the store saying it is incomplete), not read as if complete."""
+    from safetensors.torch import save_file
+
+    from ladle.io.checkpoints import open_ingredients
+    from ladle.results.store import ResultStore
+    from ladle.soup.check import select_keys
+
+    (good0, _), harmful = ingredients
+    paths = []
+    for name, state in [("good", good0), ("harmful", harmful)]:
+        paths.append(tmp_path / f"{name}.safetensors")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(paths[-1]))
+
+    def taster(store):
+        t = Taster(evaluator(digits, batch_size=16, store=store))
+        ings = open_ingredients([str(p) for p in paths])
+        t.bind(ings, select_keys(ings[0].keys()))
+        return t
+
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        first = taster(store)
+        assert first.score_soup([0.5, 0.5], must_reach=0.999) is None and first.last_images < len(digits["heldout"])
+        again = taster(store)
+        full = again.score_soup([0.5, 0.5], must_reach=0.0)
+        assert full == taster(None).score_soup([0.5, 0.5])  # the full evaluation's score

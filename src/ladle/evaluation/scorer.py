@@ -147,8 +147,12 @@ class Taster:
         return f"soup of {self._group}[" + ",".join(f"{w:.6g}" for w in weights) + "]"
 
     def _stored(self, key: str | None, split: str) -> bool:
+        """Whether the store holds this model's complete logits on the split (a stopped evaluation's are partial)."""
+        if key is None:
+            return False
         ev = self.evaluator
-        return key is not None and ev.store.logits(key, ev._fingerprint(split), ev.bn_key) is not None
+        found = ev.store.logits(key, ev._fingerprint(split), ev.bn_key)
+        return found is not None and len(found) == len(ev.labels(split))
 
     def soup_metrics(self, weights, split: str | None = None) -> Metrics:
         self._needs_head()
