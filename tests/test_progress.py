@@ -25,9 +25,19 @@ def test_long_work_gets_one_plain_line_per_interval_and_a_closing_line():
     assert list(bar) == [0, 1, 2, 3]  # the end of the iterable closes it, with a closing line
     lines = out.getvalue().splitlines()
     assert [line.split(",")[0] for line in lines] == ["eval test: 1/4 batches (25%)", "eval test: 2/4 batches (50%)",
-                                                      "eval test: 3/4 batches (75%)", "eval test: 4/4 batches (100%)",
-                                                      "eval test: 4/4 batches (100%)"]
-    assert lines[-1].endswith(" s, gaussian_noise 3") and "\r" not in out.getvalue()
+                                                      "eval test: 3/4 batches (75%)", "eval test: 4/4 batches (100%)"]
+    assert lines[-1].endswith(" s, gaussian_noise 3") and "\r" not in out.getvalue()  # the end is said once
+
+
+def test_the_closing_line_comes_when_the_last_line_said_less():
+    out = io.StringIO()
+    bar = LogLines(total=3, desc="cook", unit="tensor", every=0.0, stream=out)
+    bar.update()
+    bar.every = 3600.0  # the next updates fall within the interval: only the close says where it ended
+    bar.update(2)
+    bar.close()
+    assert [line.split(",")[0] for line in out.getvalue().splitlines()] == ["cook: 1/3 tensors (33%)",
+                                                                          "cook: 3/3 tensors (100%)"]
 
 
 def test_without_a_total_the_count_stands_alone():

@@ -45,7 +45,7 @@ class LogLines:
         self.stream = stream
         self.postfix = ""
         self.start = self.last = time.monotonic()
-        self.spoke = False
+        self.said: tuple | None = None  # (count, postfix) of the last line printed
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -75,13 +75,14 @@ class LogLines:
     def _say(self) -> None:
         print(self.line(), file=self.stream or sys.stderr, flush=True)
         self.last = time.monotonic()
-        self.spoke = True
+        self.said = (self.n, self.postfix)
 
     def refresh(self) -> None:
         pass
 
     def close(self) -> None:
-        if self.enabled and self.spoke:  # work that ended within the first interval said nothing: stays silent
+        # work that ended within the first interval said nothing and stays silent; the last count is said once
+        if self.enabled and self.said is not None and self.said != (self.n, self.postfix):
             self._say()
         self.enabled = False
 
