@@ -115,6 +115,7 @@ class OutputFile:
         draft = len(header_bytes(self.entries, metadata)) - 8
         self.header_space = draft + reserve + (-(draft + reserve + 8) % 8)
         self.missing = set(infos)
+        self.filled: dict[str, int] = {}  # bytes written so far per key (a tensor may come in parts)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             reserve_space(self.fd, 8 + self.header_space + self.data_bytes, self.shown)
@@ -127,15 +128,22 @@ class OutputFile:
         return 8 + self.header_space
 
     def put(self, key: str, tensor: torch.Tensor) -> None:
+        """Write the tensor at its place; or the next flat part of it (parts arrive in order, see mix_stream)."""
         entry = self.entries[key]
         begin, end = entry["data_offsets"]
-        if DTYPE_NAMES[tensor.dtype] != entry["dtype"] or list(tensor.shape) != entry["shape"]:
-            raise RuntimeError(f"writer: '{key}' arrived as {tensor.dtype} {list(tensor.shape)}, planned "
-                               f"{entry['dtype']} {entry['shape']}")
-        if end > begin:
+        done = self.filled.get(key, 0)
+        whole = done == 0 and list(tensor.shape) == entry["shape"]
+        if DTYPE_NAMES[tensor.dtype] != entry["dtype"] or not (whole or tensor.dim() == 1) or \
+                begin + done + tensor.numel() * tensor.element_size() > end:
+            raise RuntimeError(f"writer: '{key}' arrived as {tensor.dtype} {list(tensor.shape)} after {done} bytes, "
+                               f"planned {entry['dtype']} {entry['shape']}")
+        if tensor.numel():
             data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-            _pwrite_all(self.fd, memoryview(data), self.data_start + begin)
-        self.missing.discard(key)
+            _pwrite_all(self.fd, memoryview(data), self.data_start + begin + done)
+            done += len(data)
+        self.filled[key] = done
+        if begin + done == end:
+            self.missing.discard(key)
 
     def close(self, metadata: dict[str, str]) -> None:
         """Write the header, fsync, close. Every planned tensor must have been put."""

@@ -19,10 +19,11 @@ from ladle.errors import LadleError
 from ladle.io.hashing import sha256_file
 from ladle.soup.recipes import BASE_NONE, BASE_REQUIRED, RECIPES
 from ladle.soup.options import OPTION_NAMES, cook_options
-from ladle.soup.stream import mix_stream
+from ladle.soup.stream import count_parts, mix_stream
 from ladle.io.writer import SoupWriter, check_destination
 
 ACCUMULATORS = {"float32": torch.float32, "float64": torch.float64}
+MIX_BLOCK = 1 << 22  # elements: tensors larger than this are mixed (and written) in parts, when the recipe allows
 NOT_HASHED = "not hashed"  # the sha256 of an ingredient under --no-hash
 
 
@@ -124,8 +125,10 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
         try:
             stream = mix_stream(plan, ings, keys, base_ing, out_dtypes={k: i.dtype for k, i in out_infos.items()},
                                 accumulate=acc_dtype, int_policy=int_policy, reject_nonfinite=reject_nonfinite,
-                                int_disagreements=int_disagreements)
-            for key, tensor in progress_bar(stream, total=len(keys), desc=f"cook {recipe}", unit="tensor", enabled=progress):
+                                int_disagreements=int_disagreements, block=MIX_BLOCK if writer else None)
+            parts = count_parts(plan, ings, keys, MIX_BLOCK if writer else None)
+            for key, tensor in progress_bar(stream, total=parts, desc=f"cook {recipe}",
+                                            unit="tensor" if parts == len(keys) else "part", enabled=progress):
                 if writer:
                     writer.add(key, tensor)
                 else:

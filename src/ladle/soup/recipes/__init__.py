@@ -2,7 +2,7 @@
 
 A recipe is a function `(n, **params) -> plan`, where a plan mixes the N tensors stored under one key
 (`Plan`: fixed weights; or any object with `mix(key, tensors, base, accumulate)`, `weights`, `base_weight`,
-`notes` and `trace()`). Its typed signature is its only declaration (see ladle.soup.schema): CLI flags, YAML
+`notes` and `trace()`, and `elementwise = True` if each output entry depends only on the same entry of the inputs). Its typed signature is its only declaration (see ladle.soup.schema): CLI flags, YAML
 fields, `ladle recipes` and validation are read from it. A recipe that needs scores declares a
 `scorer: Scorer` parameter. Recipe modules import torch inside their functions, so listing recipes is fast.
 """
@@ -25,6 +25,7 @@ class Plan:
     base_weight: float = 0.0
     notes: list[str] = field(default_factory=list)
     record: dict = field(default_factory=dict)  # for the manifest's trace (e.g. greedy's decisions)
+    elementwise = True  # a weighted sum: any slice of a tensor mixes alone (cook mixes large tensors in blocks)
 
     def mix(self, key: str, tensors: Callable[[list[int]], Iterable], base, accumulate):
         import torch

@@ -9,6 +9,8 @@ class TaskArithmeticPlan:
     """θ_base + λ·Σ τᵢ per tensor. Equal to the linear soup with weights λ and base weight 1 − nλ (as the
     manifest says), but computed from the task vectors, so the result is as exact as the τᵢ are small."""
 
+    elementwise = True  # every entry on its own: large tensors may be mixed in blocks
+
     def __init__(self, n: int, lambda_: float):
         self.lambda_ = lambda_
         self.weights = [lambda_] * n
