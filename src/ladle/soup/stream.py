@@ -23,8 +23,8 @@ def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredie
         dtype = out_dtypes[key] if out_dtypes else ings[0].info(key).dtype
         everyone = ings + ([base_ing] if base_ing else [])
         if is_float(dtype):
-            step = _part_size(plan, ings[0].info(key).numel, block)
             numel = ings[0].info(key).numel
+            step = _part_size(plan, numel, block)
             for start in range(0, numel, step) if step else [None]:
                 part = slice(start, start + step) if step else None
                 base_t = _read(base_ing, key, part) if base_ing else None
