@@ -24,6 +24,7 @@ from ladle.data import load_data
 from ladle.evaluation import evaluator as evaluation
 from ladle.evaluation.evaluator import Evaluator
 from ladle.models import BUILTIN_STOCK, model_spec
+from ladle.training.loop import torch_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,16 +42,6 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
 def eager(model, x, mean, std, batch: int = 256):
     with torch.no_grad():
         return torch.cat([model((x[i : i + batch] - mean) / std) for i in range(0, len(x), batch)])
-
-
-@contextmanager
-def threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextmanager
@@ -94,7 +85,7 @@ def main() -> None:
     for label, kw in variants:
         seconds, logits = timed(ladle_run(**kw), args.repeats)
         rows.append((label, seconds, (logits - reference).abs().max().item()))
-    with threads(1):
+    with torch_threads(1):
         seconds, logits = timed(ladle_run(), args.repeats)
         rows.append(("ladle, batch 256, 1 thread", seconds, (logits - reference).abs().max().item()))
     with without_channels_last():

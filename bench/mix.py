@@ -831,9 +831,14 @@ def markdown(rows: list[dict], checks, env: dict) -> str:
         f"sha256 {env['sha256_gbps_per_core']:.2f} GB/s per core.",
         "",
     ]
+    return report_text(lines, notes, checks, env)
+
+
+def report_text(lines: list[str], notes: list[str], checks, env: dict) -> str:
+    """A table, its notes, a warning when runs stayed disturbed, and the PASS/FAIL lines."""
     if env["noisy_runs"]:
-        notes += [f"Warning: in {env['noisy_runs']} of {env['runs']} runs other processes took more than a tenth of a "
-                  "core even after retries; those timings are unreliable (see `other_cpu_s` in the JSON).", ""]
+        notes = notes + [f"Warning: in {env['noisy_runs']} of {env['runs']} runs other processes took more than a tenth "
+                         "of a core even after retries; those timings are unreliable (see `other_cpu_s` in the JSON).", ""]
     return "\n".join(lines + notes + check_lines(checks)) + "\n"
 
 
@@ -891,10 +896,7 @@ def markdown_llama(row: dict, checks, env: dict) -> str:
         f"Machine: {env['machine']}; python {env['python']}; torch {env['torch']}, safetensors {env['safetensors']}.",
         "",
     ]
-    if env["noisy_runs"]:
-        notes += [f"Warning: in {env['noisy_runs']} of {env['runs']} runs other processes took more than a tenth of a "
-                  "core even after retries; those timings are unreliable (see `other_cpu_s` in the JSON).", ""]
-    return "\n".join(lines + notes + check_lines(checks)) + "\n"
+    return report_text(lines, notes, checks, env)
 
 
 def environment(rows: list[dict], args) -> dict:

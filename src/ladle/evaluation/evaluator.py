@@ -212,13 +212,7 @@ class Evaluator:
         With a store and a content `key` (a checkpoint's sha256, an in-memory soup's soup_key), logits stored
         for (key, split fingerprint, BN policy) are reused and new ones are written, one row per split."""
         splits = list(splits)
-        todo = [s for s in splits if (name, s) not in self.cache]
-        if todo and self.store is not None and key is not None:
-            for s in list(todo):
-                found = self.store.logits(key, self._fingerprint(s), self.bn_key)
-                if found is not None and len(found) == len(self.splits[s]):
-                    self.cache[(name, s)] = found
-                    todo.remove(s)
+        todo = [s for s in splits if not self.recall(name, s, key)]
         if todo:
             if state is None:
                 raise KeyError(f"no cached logits for {name}")
@@ -238,12 +232,7 @@ class Evaluator:
         of a full evaluation (same predictions as metrics_from_logits); a complete pass is cached like `logits`."""
         y = self.labels(split)
         n = len(y)
-        if (name, split) not in self.cache and (name, split) not in self.partial and self.store is not None \
-                and key is not None:
-            found = self.store.logits(key, self._fingerprint(split), self.bn_key)
-            if found is not None and len(found) <= n:
-                (self.cache if len(found) == n else self.partial)[(name, split)] = found
-        if (name, split) in self.cache:
+        if self.recall(name, split, key):
             return int((_predictions(self.cache[(name, split)]) == y).sum()) >= needed, 0
         known = self.partial.get((name, split))  # the first images of an evaluation stopped before
         if known is not None and int((_predictions(known) == y[: len(known)]).sum()) + n - len(known) < needed:
@@ -270,6 +259,18 @@ class Evaluator:
         if self.store is not None and key is not None:
             self._put(key, name, split, "soup")
         return correct >= needed, seen
+
+    def recall(self, name: str, split: str, key: str | None) -> bool:
+        """Whether complete logits of `name` on `split` are at hand: cached here, or read once from the store (a
+        stored evaluation that stopped early goes to `partial`, never taken for a complete one)."""
+        if (name, split) in self.cache:
+            return True
+        if self.store is None or key is None or (name, split) in self.partial:
+            return False
+        found = self.store.logits(key, self._fingerprint(split), self.bn_key)
+        if found is not None and len(found) <= len(self.splits[split]):
+            (self.cache if len(found) == len(self.splits[split]) else self.partial)[(name, split)] = found
+        return (name, split) in self.cache
 
     def _put(self, key: str, name: str, split: str, kind: str) -> None:
         m = metrics_from_logits(self.cache[(name, split)], self.labels(split))

@@ -136,8 +136,7 @@ class Taster:
         self._needs_head()
         split = split or self.split
         key = self.content_key([float(j == i) for j in range(len(self.ingredients))])
-        state = None if (self.names[i], split) in self.evaluator.cache or self._stored(key, split) else \
-            self.ingredient_state(i)
+        state = None if self.evaluator.recall(self.names[i], split, key) else self.ingredient_state(i)
         return self.evaluator.score(self.names[i], state, split, first=state, key=key, kind="ingredient")
 
     def score_ingredient(self, i: int) -> float:
@@ -146,18 +145,10 @@ class Taster:
     def _soup_name(self, weights) -> str:
         return f"soup of {self._group}[" + ",".join(f"{w:.6g}" for w in weights) + "]"
 
-    def _stored(self, key: str | None, split: str) -> bool:
-        """Whether the store holds this model's complete logits on the split (a stopped evaluation's are partial)."""
-        if key is None:
-            return False
-        ev = self.evaluator
-        found = ev.store.logits(key, ev._fingerprint(split), ev.bn_key)
-        return found is not None and len(found) == len(ev.labels(split))
-
     def soup_metrics(self, weights, split: str | None = None) -> Metrics:
         self._needs_head()
         name, split, key = self._soup_name(weights), split or self.split, self.content_key(weights)
-        state = None if (name, split) in self.evaluator.cache or self._stored(key, split) else self.soup_state(weights)
+        state = None if self.evaluator.recall(name, split, key) else self.soup_state(weights)
         first = self.ingredient_state(0) if self.evaluator.bn == "first" and state is not None else None
         return self.evaluator.score(name, state, split, first=first, key=key, kind="soup")
 
@@ -170,8 +161,7 @@ class Taster:
         n = len(self.evaluator.labels(self.split))
         needed = round(must_reach * n) + (1 if strictly else 0)  # accuracies are counts / n: exact
         name, key = self._soup_name(weights), self.content_key(weights)
-        cached = (name, self.split) in self.evaluator.cache or self._stored(key, self.split)
-        state = None if cached else self.soup_state(weights)
+        state = None if self.evaluator.recall(name, self.split, key) else self.soup_state(weights)
         first = self.ingredient_state(0) if self.evaluator.bn == "first" and state is not None else None
         reached, self.last_images = self.evaluator.reaches(name, state, self.split, needed, first=first, key=key)
         complete = reached or (name, self.split) in self.evaluator.cache  # it ran to the end: the score is known
