@@ -8,11 +8,13 @@ import subprocess
 import sys
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
 import ladle
 from ladle.errors import LadleError
+from ladle.io.dtypes import numpy_dtype, to_numpy, to_torch
 from ladle.soup import mixing
 from ladle.soup.recipes import RECIPES
 from ladle.soup.recipes import dare as _dare, slerp as _slerp, task_arithmetic as _ta, ties as _ties  # noqa: F401  (register)
@@ -29,9 +31,13 @@ def cooked(recipe, ingredients, **kw) -> torch.Tensor:
 
 
 def mix(recipe, xs, base, accumulate=torch.float32, key=KEY, **params):
-    """The plan's raw output (accumulator dtype), fed from a list: what cook does per key, minus the final cast."""
+    """The plan's raw output (accumulator dtype), fed from a list: what cook does per key, minus the final cast
+    (plans mix numpy arrays; the tensors here share their memory)."""
     plan = RECIPES[recipe].make_plan(len(xs), **params)
-    return plan.mix(key, lambda indices: (xs[i] for i in indices), base, accumulate), plan
+    arrays = [to_numpy(x) for x in xs]
+    out = plan.mix(key, lambda indices: (arrays[i] for i in indices), None if base is None else to_numpy(base),
+                   numpy_dtype(accumulate))
+    return to_torch(out), plan
 
 
 # ---------------------------------------------------------------- float64 references: plain, holding everything
@@ -72,7 +78,7 @@ def ref_ties(xs, base, density, lambda_):
 def ref_dropped(xs, base, p, seed, key=KEY):
     """DARE's drops, with ladle's seeded masks (the random stream is ladle's; the arithmetic is the reference's)."""
     b, taus = ref_taus(xs, base)
-    return b, [t * mixing.dare_keep_mask(t.shape, p, mixing.dare_generator(seed, key, i)) / (1 - p)
+    return b, [t * torch.from_numpy(mixing.dare_keep_mask(t.shape, p, mixing.dare_generator(seed, key, i))) / (1 - p)
                for i, t in enumerate(taus)]
 
 
@@ -138,7 +144,8 @@ def test_ties_trim_keeps_exactly_k_and_breaks_ties_by_lowest_index():
     assert torch.equal(mixing.ties_trim(tau, 0.4), torch.tensor([1.0, -1.0, 0.0, 0.0, 0.0]))
     assert torch.equal(mixing.ties_trim(tau, 0.8), torch.tensor([1.0, -1.0, 1.0, 1.0, 0.0]))
     assert torch.equal(mixing.ties_trim(tau.reshape(1, 5), 0.6), torch.tensor([[1.0, -1.0, 1.0, 0.0, 0.0]]))
-    assert mixing.ties_trim(tau, 1.0) is tau
+    kept = mixing.ties_trim(tau, 1.0)
+    assert torch.equal(kept, tau) and kept.data_ptr() == tau.data_ptr()  # τ itself: nothing copied
     # k = ⌈density·n⌉, at least one; 0.2·10 is 2 even though the float 0.2 is a hair above 1/5
     assert [mixing.ties_keep_count(10, d) for d in (0.2, 0.25, 0.01, 1.0)] == [2, 3, 1, 10]
     assert mixing.ties_keep_count(1, 0.2) == 1 and mixing.ties_keep_count(0, 0.5) == 0
@@ -154,19 +161,21 @@ def test_dare_drops_and_rescales_exactly():
     kept = got != 0
     assert torch.equal(got[kept], 4.0 * tau[kept])  # survivors ×1/(1 − 0.75), exactly
     assert abs(kept.float().mean().item() - 0.25) < 0.01  # 40 000 draws: the standard deviation is 0.002
-    assert torch.equal(kept, mixing.dare_keep_mask(tau.shape, 0.75, mixing.dare_generator(3, KEY, 0)))
+    assert np.array_equal(kept.numpy(), mixing.dare_keep_mask(tau.shape, 0.75, mixing.dare_generator(3, KEY, 0)))
 
 
 def test_dare_masks_are_sha256_seeded_per_seed_key_and_ingredient():
     digest = hashlib.sha256(f"ladle-dare\0{7}\0{'layer.weight'}\0{2}".encode()).digest()
     expected = torch.rand(5, 3, generator=torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)) >= 0.5
-    assert torch.equal(mixing.dare_keep_mask((5, 3), 0.5, mixing.dare_generator(7, "layer.weight", 2)), expected)
+    # torch's own CPU generator, seeded the same way: ladle's numpy masks are those bits
+    assert np.array_equal(mixing.dare_keep_mask((5, 3), 0.5, mixing.dare_generator(7, "layer.weight", 2)),
+                          expected.numpy())
 
 
 def test_dare_ties_exact_with_its_masks():
     # p = 0.5: survivors doubled; then TIES' election and disjoint mean over the doubled survivors
     xs = [st(A4), st(B4), st(C4)]
-    masks = [mixing.dare_keep_mask((4,), 0.5, mixing.dare_generator(11, KEY, i)) for i in range(3)]
+    masks = [torch.from_numpy(mixing.dare_keep_mask((4,), 0.5, mixing.dare_generator(11, KEY, i))) for i in range(3)]
     taus = [torch.tensor([1.0, -2, 3, 0]), torch.tensor([-1.0, 1, 2, 4]), torch.tensor([2.0, -3, -1, -4])]
     dropped = [torch.where(m, 2 * t, 0.0) for m, t in zip(masks, taus)]
     expected = []
@@ -361,14 +370,18 @@ class CountingReader:
     """The `tensors(indices)` a plan is given, yielding fresh copies and counting how many are alive at once."""
 
     def __init__(self, sources):
-        self.sources, self.alive, self.peak, self.reads = sources, weakref.WeakSet(), 0, 0
+        self.sources, self.alive, self.peak, self.reads = sources, 0, 0, 0
+
+    def _gone(self):
+        self.alive -= 1
 
     def __call__(self, indices):
         for i in indices:
-            t = self.sources[i].clone()
-            self.alive.add(t)
+            t = to_numpy(self.sources[i]).copy()
+            self.alive += 1
+            weakref.finalize(t, self._gone)
             self.reads += 1
-            self.peak = max(self.peak, len(self.alive))
+            self.peak = max(self.peak, self.alive)
             yield t
             del t
 
@@ -383,9 +396,9 @@ def test_plans_hold_at_most_two_ingredient_tensors(recipe, params, reference, pa
     xs, base = random_case((64, 64), 8, torch.float32, seed=12)
     reader = CountingReader(xs)
     plan = RECIPES[recipe].make_plan(len(xs), **params)
-    got = plan.mix(KEY, reader, base, torch.float32)
+    got = to_torch(plan.mix(KEY, reader, to_numpy(base), np.float32))
     assert reader.peak <= 2, f"{reader.peak} ingredient tensors alive at once"
-    assert len(reader.alive) == 0  # none kept after the key is mixed
+    assert reader.alive == 0  # none kept after the key is mixed
     assert reader.reads == passes * len(xs)
     torch.testing.assert_close(got.double(), reference(xs, base, **params), rtol=1e-6, atol=1e-6)
 

@@ -2,6 +2,8 @@
 
 import math
 
+import ml_dtypes
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -43,9 +45,10 @@ def test_weighted_sum_accumulates_bf16_in_float32():
 
 
 def test_accumulator_widens_for_float64_inputs():
-    assert mixing.accumulator_dtype(torch.float64, torch.float32) == torch.float64
-    assert mixing.accumulator_dtype(torch.bfloat16, torch.float32) == torch.float32
-    assert mixing.accumulator_dtype(torch.float16, torch.float64) == torch.float64
+    assert mixing.accumulator_dtype(torch.float64, torch.float32) == np.float64
+    assert mixing.accumulator_dtype(torch.bfloat16, torch.float32) == np.float32
+    assert mixing.accumulator_dtype(torch.float16, torch.float64) == np.float64
+    assert mixing.accumulator_dtype(ml_dtypes.bfloat16, np.float32) == np.float32
 
 
 def test_weighted_sum_rejects_count_mismatch_and_empty():

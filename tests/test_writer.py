@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ml_dtypes
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -329,7 +331,7 @@ def test_manifest_tells_the_truth(cli, ckpt, tmp_path):
     assert m["dtype_policy"] == {"accumulate": "float64", "output": "F16"}
     assert m["integer_policy"]["policy"] == "first" and m["integer_policy"]["disagreeing_keys"] == []
     assert m["selection"] == {"include": [], "exclude": [], "tensors": 2}
-    assert m["versions"] == {"ladle": ladle.__version__, "torch": torch.__version__,
+    assert m["versions"] == {"ladle": ladle.__version__, "numpy": np.__version__, "ml_dtypes": ml_dtypes.__version__,
                              "python": f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"}
     assert len(m["ingredients"]) == 2
     for entry, path in zip(m["ingredients"], [a, b]):

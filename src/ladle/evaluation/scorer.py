@@ -16,6 +16,7 @@ from torch.func import functional_call
 from ladle.errors import LadleError
 from ladle.evaluation.evaluator import Evaluator, Metrics, channels_last
 from ladle.models.encoder import embed, head_keys
+from ladle.io.dtypes import to_torch
 from ladle.soup.stream import mix_stream
 
 
@@ -84,7 +85,7 @@ class Taster:
         from ladle.soup.recipes import KeyedPlan
 
         plan = KeyedPlan(list(weights), by_key=by_key or {})
-        return dict(mix_stream(plan, self.ingredients, self.keys))
+        return {k: to_torch(v) for k, v in mix_stream(plan, self.ingredients, self.keys)}
 
     def parameter_keys(self) -> list[str]:
         """The model's floating-point parameters: what a learned soup mixes with learned weights."""

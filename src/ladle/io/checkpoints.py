@@ -9,33 +9,16 @@ from __future__ import annotations
 import json
 import mmap
 import pickle
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from ladle.errors import LadleError
-
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "U16": torch.uint16,
-    "U32": torch.uint32,
-    "U64": torch.uint64,
-}
-DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+from ladle.io.dtypes import NUMPY_DTYPES, dtype_name, is_float, is_tensor, itemsize, to_numpy, to_torch
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -51,10 +34,14 @@ HF_LAYOUTS = (
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """What is known about a tensor before reading it."""
+    """What is known about a tensor before reading it. `dtype` is its safetensors name ("F32", "BF16", …); a numpy
+    or torch dtype given here is stored by that name."""
 
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
 
     @property
     def numel(self) -> int:
@@ -65,11 +52,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
-
-
-def is_float(dtype: torch.dtype) -> bool:
-    return dtype.is_floating_point or dtype.is_complex
+        return self.numel * itemsize(self.dtype)
 
 
 class SafetensorsFile:
@@ -109,7 +92,9 @@ class SafetensorsFile:
 
     def _check_entry(self, key: str, entry: object, data_size: int) -> None:
         try:
-            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            dtype = entry["dtype"]
+            if dtype not in NUMPY_DTYPES:
+                raise KeyError(dtype)
             shape = tuple(int(d) for d in entry["shape"])
             begin, end = (int(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
@@ -131,20 +116,25 @@ class SafetensorsFile:
         self.infos[key] = info
         self.spans[key] = (begin, end)
 
-    def get(self, key: str) -> torch.Tensor:
+    def array(self, key: str) -> np.ndarray:
+        """The tensor as a numpy array over the mapped file: nothing is read until it is used."""
         info = self.infos[key]
+        dtype = NUMPY_DTYPES[info.dtype]
         if info.numel == 0:
-            return torch.empty(info.shape, dtype=info.dtype)
+            return np.empty(info.shape, dtype=dtype)
         if self._mmap is None:
             with open(self.path, "rb") as f:
-                # ACCESS_COPY: a private, writable mapping, so torch.frombuffer shares it without copying.
+                # ACCESS_COPY: a private, writable mapping, so torch tensors can share it without copying.
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         begin, end = self.spans[key]
         offset = self.data_start + begin
         view = memoryview(self._mmap)[offset : self.data_start + end]
-        if offset % info.dtype.itemsize:
-            view = bytearray(view)  # unaligned: copy rather than hand torch a misaligned pointer
-        return torch.frombuffer(view, dtype=info.dtype).reshape(info.shape)
+        if offset % dtype.itemsize:
+            view = bytearray(view)  # unaligned: copy rather than hand out a misaligned pointer
+        return np.frombuffer(view, dtype=dtype).reshape(info.shape)
+
+    def get(self, key: str):
+        return to_torch(self.array(key))
 
     def release(self, key: str) -> None:
         """Drop the pages of a tensor that has been used, so resident memory stays flat."""
@@ -164,17 +154,22 @@ class TorchFile:
         self.path = path
         obj = load_torch_weights_only(path)
         self.tensors, self.notes = unwrap_state_dict(obj, path)
-        self.infos = {k: TensorInfo(tuple(t.shape), t.dtype) for k, t in self.tensors.items()}
+        self.infos = tensor_infos(self.tensors, path)
         self.metadata: dict = {}
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str):
         return self.tensors[key]
+
+    def array(self, key: str) -> np.ndarray:
+        return to_numpy(self.tensors[key])
 
     def release(self, key: str) -> None:
         pass
 
 
 def load_torch_weights_only(path: Path) -> object:
+    import torch
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol chatter; real failures are raised below
@@ -203,17 +198,20 @@ class MemoryState:
     def __init__(self, state: Mapping, name: str):
         self.path = name
         self.tensors, self.notes = unwrap_state_dict(state, name)
-        self.infos = {k: TensorInfo(tuple(t.shape), t.dtype) for k, t in self.tensors.items()}
+        self.infos = tensor_infos(self.tensors, name)
         self.metadata: dict = {}
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str):
         return self.tensors[key]
+
+    def array(self, key: str) -> np.ndarray:
+        return to_numpy(self.tensors[key])
 
     def release(self, key: str) -> None:
         pass
 
 
-def unwrap_state_dict(obj: object, source: object) -> tuple[dict[str, torch.Tensor], list[str]]:
+def unwrap_state_dict(obj: object, source: object) -> tuple[dict, list[str]]:
     """Take the state dict out of the usual wrappers; return it with notes saying what was done."""
     notes: list[str] = []
     while isinstance(obj, Mapping) and not _all_tensors(obj):
@@ -226,8 +224,8 @@ def unwrap_state_dict(obj: object, source: object) -> tuple[dict[str, torch.Tens
             break
     if not isinstance(obj, Mapping):
         raise LadleError(f"does not hold a state dict (found {type(obj).__name__})", file=source)
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    dropped = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    tensors = {str(k): v for k, v in obj.items() if is_tensor(v)}
+    dropped = [str(k) for k, v in obj.items() if not is_tensor(v)]
     if dropped:
         notes.append(f"ignored {len(dropped)} non-tensor entries ({', '.join(dropped[:5])}{', …' if len(dropped) > 5 else ''})")
     if not tensors:
@@ -235,8 +233,18 @@ def unwrap_state_dict(obj: object, source: object) -> tuple[dict[str, torch.Tens
     return tensors, notes
 
 
+def tensor_infos(tensors: Mapping, source: object) -> dict[str, TensorInfo]:
+    infos = {}
+    for k, t in tensors.items():
+        try:
+            infos[k] = TensorInfo(tuple(t.shape), t.dtype)
+        except ValueError as e:
+            raise LadleError(str(e), file=source, key=k) from None
+    return infos
+
+
 def _all_tensors(obj: Mapping) -> bool:
-    return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+    return len(obj) > 0 and all(is_tensor(v) for v in obj.values())
 
 
 def strip_prefixes(keys: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -270,15 +278,21 @@ class Ingredient:
         reader, stored = self._sources[key]
         return reader.infos[stored]
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str):
+        """The tensor as a torch tensor (memory-mapped files: sharing the mapping)."""
         reader, stored = self._sources[key]
         return reader.get(stored)
+
+    def array(self, key: str) -> np.ndarray:
+        """The tensor as a numpy array: what the streaming core reads (no torch needed for safetensors)."""
+        reader, stored = self._sources[key]
+        return reader.array(stored)
 
     def release(self, key: str) -> None:
         reader, stored = self._sources[key]
         reader.release(stored)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict:
         """Every tensor, materialised (memory: the whole checkpoint)."""
         return {k: self.get(k).clone() for k in self.keys()}
 
@@ -294,7 +308,8 @@ def open_ingredient(source: object, name: str | None = None) -> Ingredient:
     """Open a path (.safetensors, .pt/.pth/.bin, HF directory), a state dict or an nn.Module."""
     if isinstance(source, Ingredient):
         return source
-    if isinstance(source, torch.nn.Module):  # in-memory names carry the object's id: distinct objects, distinct names
+    torch = sys.modules.get("torch")  # without torch loaded, nothing is a module
+    if torch is not None and isinstance(source, torch.nn.Module):  # in-memory names carry the object's id: distinct objects, distinct names
         name = name or f"<{type(source).__name__} {id(source):x}>"
         return _from_readers(name, [MemoryState(source.state_dict(), name)], [])
     if isinstance(source, Mapping):

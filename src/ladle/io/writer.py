@@ -16,9 +16,10 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from ladle.io.checkpoints import DTYPE_NAMES, TensorInfo
+from ladle.io.checkpoints import TensorInfo
+from ladle.io.dtypes import dtype_name, itemsize, to_numpy
 from ladle.errors import LadleError
 
 TMP_MARK = ".ladle-tmp-"
@@ -56,9 +57,9 @@ def safetensors_layout(infos: dict[str, TensorInfo]) -> tuple[dict[str, dict], i
     Larger items first keeps every tensor aligned to its element size (no holes are allowed)."""
     entries: dict[str, dict] = {}
     offset = 0
-    for key in sorted(infos, key=lambda k: -infos[k].dtype.itemsize):
+    for key in sorted(infos, key=lambda k: -itemsize(infos[k].dtype)):
         info = infos[key]
-        entries[key] = {"dtype": DTYPE_NAMES[info.dtype], "shape": list(info.shape),
+        entries[key] = {"dtype": info.dtype, "shape": list(info.shape),
                         "data_offsets": [offset, offset + info.nbytes]}
         offset += info.nbytes
     return entries, offset
@@ -76,7 +77,7 @@ def header_bytes(entries: dict[str, dict], metadata: dict[str, str], size: int |
     return len(raw).to_bytes(8, "little") + raw
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str]) -> None:
     """A whole safetensors file from tensors in memory (not atomic: callers write to a temporary path)."""
     infos = {k: TensorInfo(tuple(t.shape), t.dtype) for k, t in tensors.items()}
     with OutputFile(path, infos, metadata) as f:
@@ -127,18 +128,20 @@ class OutputFile:
     def data_start(self) -> int:
         return 8 + self.header_space
 
-    def put(self, key: str, tensor: torch.Tensor) -> None:
-        """Write the tensor at its place; or the next flat part of it (parts arrive in order, see mix_stream)."""
+    def put(self, key: str, tensor) -> None:
+        """Write the tensor (numpy array or torch tensor) at its place; or the next flat part of it (parts arrive
+        in order, see mix_stream)."""
         entry = self.entries[key]
         begin, end = entry["data_offsets"]
         done = self.filled.get(key, 0)
-        whole = done == 0 and list(tensor.shape) == entry["shape"]
-        if DTYPE_NAMES[tensor.dtype] != entry["dtype"] or not (whole or tensor.dim() == 1) or \
-                begin + done + tensor.numel() * tensor.element_size() > end:
-            raise RuntimeError(f"writer: '{key}' arrived as {tensor.dtype} {list(tensor.shape)} after {done} bytes, "
-                               f"planned {entry['dtype']} {entry['shape']}")
-        if tensor.numel():
-            data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+        array = to_numpy(tensor)
+        whole = done == 0 and list(array.shape) == entry["shape"]
+        if dtype_name(array.dtype) != entry["dtype"] or not (whole or array.ndim == 1) or \
+                begin + done + array.nbytes > end:
+            raise RuntimeError(f"writer: '{key}' arrived as {dtype_name(array.dtype)} {list(array.shape)} after "
+                               f"{done} bytes, planned {entry['dtype']} {entry['shape']}")
+        if array.size:
+            data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
             _pwrite_all(self.fd, memoryview(data), self.data_start + begin + done)
             done += len(data)
         self.filled[key] = done
@@ -328,7 +331,7 @@ class SoupWriter:
             return "model.safetensors"
         return f"model-{i + 1:05d}-of-{len(self.shards):05d}.safetensors"
 
-    def add(self, key: str, tensor: torch.Tensor) -> None:
+    def add(self, key: str, tensor) -> None:
         shard = self.files[self.shard_of[key]]
         shard.put(key, tensor)
         if not self.is_file and not shard.missing:

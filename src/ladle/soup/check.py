@@ -12,10 +12,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-import torch
-from ladle.progress import progress_bar
+import numpy as np
 
-from ladle.io.checkpoints import DTYPE_NAMES, Ingredient, is_float, open_ingredient, open_ingredients
+from ladle.progress import progress_bar
+from ladle.io.checkpoints import Ingredient, open_ingredient, open_ingredients
+from ladle.io.dtypes import is_float
 from ladle.soup.mixing import pairwise_cosine
 
 CHUNK = 1 << 17  # elements per ingredient per step of the distance pass: float64 blocks that stay in cache
@@ -55,7 +56,7 @@ def find_mismatches(ingredients: list[Ingredient], keys: list[str], include=(), 
                 out.append(Mismatch("shape", ing.name, key, f"shape {list(b.shape)} differs from {list(a.shape)} in {ref.name}"))
             elif a.dtype != b.dtype:
                 out.append(
-                    Mismatch("dtype", ing.name, key, f"dtype {DTYPE_NAMES[b.dtype]} differs from {DTYPE_NAMES[a.dtype]} in {ref.name}")
+                    Mismatch("dtype", ing.name, key, f"dtype {b.dtype} differs from {a.dtype} in {ref.name}")
                 )
         for key in sorted(have - wanted):
             out.append(Mismatch("extra", ing.name, key, f"not present in {ref.name}"))
@@ -90,7 +91,7 @@ def _describe(ing: Ingredient, keys: list[str]) -> dict:
         "tensors": len(keys),
         "parameters": sum(i.numel for i in infos),
         "bytes": sum(i.nbytes for i in infos),
-        "dtypes": dict(Counter(DTYPE_NAMES[i.dtype] for i in infos)),
+        "dtypes": dict(Counter(i.dtype for i in infos)),
         "notes": ing.notes,
     }
 
@@ -121,22 +122,22 @@ def check_opened(
     selected = [set(select_keys(ing.keys(), include, exclude)) for ing in ingredients]
     # equal[i][j]: ingredients i and j hold bit-identical selected tensors (so far); settled pairs stop comparing
     equal = [[i == j or selected[i] == selected[j] for j in range(n)] for i in range(n)]
-    gram = torch.zeros(n, n, dtype=torch.float64)  # of task vectors (with base) or of raw weights
-    sqdist = torch.zeros(n, n, dtype=torch.float64)
+    gram = np.zeros((n, n))  # float64, of task vectors (with base) or of raw weights
+    sqdist = np.zeros((n, n))
     nonfinite: set[int] = set()  # their distances are unknown, not zero
     with ThreadPoolExecutor(max_workers=1) as pool:
         digests = pool.submit(_file_digests, ingredients)  # from the hash cache, or hashed beside the pass
-        buffers = torch.empty(n + 1, min(CHUNK, max((ingredients[0].info(k).numel for k in shared), default=1)),
-                              dtype=torch.float64)  # one block per ingredient, and one for the base
+        # float64, one block per ingredient and one for the base
+        buffers = np.empty((n + 1, min(CHUNK, max((ingredients[0].info(k).numel for k in shared), default=1))))
         for key in progress_bar(shared, desc="check", unit="tensor", enabled=progress):
             info = ingredients[0].info(key)
-            flat = [ing.get(key).reshape(-1) for ing in ingredients]
+            flat = [ing.array(key).reshape(-1) for ing in ingredients]
             if not is_float(info.dtype):
                 _compare_blocks(equal, flat)
-                differs = any(not torch.equal(flat[0], t) for t in flat[1:])
-                report.integer_buffers.append({"key": key, "dtype": DTYPE_NAMES[info.dtype], "agree": not differs})
+                differs = any(not np.array_equal(flat[0], t) for t in flat[1:])
+                report.integer_buffers.append({"key": key, "dtype": info.dtype, "agree": not differs})
             else:
-                base_t = base.get(key).reshape(-1) if base is not None else None
+                base_t = base.array(key).reshape(-1) if base is not None else None
                 flagged: set[int] = set()
                 for start in range(0, info.numel, CHUNK):
                     blocks = [t[start : start + CHUNK] for t in flat]
@@ -157,7 +158,7 @@ def check_opened(
                 for j in holders:
                     if i < j and equal[i][j]:
                         a, b = ingredients[i], ingredients[j]
-                        equal[i][j] = equal[j][i] = a.info(key) == b.info(key) and torch.equal(a.get(key), b.get(key))
+                        equal[i][j] = equal[j][i] = a.info(key) == b.info(key) and _same_bits(a.array(key), b.array(key))
             for i in holders:
                 ingredients[i].release(key)
         for i, d in enumerate(digests.result()):
@@ -176,51 +177,59 @@ def check_opened(
             report.warnings.append({"kind": "integer", "file": None, "key": b["key"],
                                     "message": "integer buffer differs between ingredients: never averaged, the first ingredient's is kept"})
     unknown = sorted(nonfinite)
-    norms = gram.diagonal().clamp_min(0).sqrt()
+    norms = np.sqrt(np.maximum(np.diagonal(gram), 0))
     if base is not None:
         norms[unknown] = math.nan
         report.task_vector_norms = [round(float(v), 6) for v in norms]
         report.task_vector_cosine = _rounded(_mark_unknown(pairwise_cosine(gram), unknown))
     else:
         mean_norm = (norms[:, None] + norms[None, :]) / 2
-        rel = torch.where(mean_norm > 0, sqdist.sqrt() / mean_norm.clamp_min(1e-300), torch.zeros_like(sqdist))
+        with np.errstate(invalid="ignore"):  # non-finite ingredients: marked unknown below
+            rel = np.where(mean_norm > 0, np.sqrt(sqdist) / np.maximum(mean_norm, 1e-300), 0.0)
         report.relative_l2 = _rounded(_mark_unknown(rel, unknown))
     return report
 
 
-def _compare_blocks(equal: list[list[bool]], blocks: list[torch.Tensor]) -> None:
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise identity (NaN equals the same NaN, 0.0 differs from -0.0): the bytes, not the values."""
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.reshape(-1).view(np.uint8),
+                                                                        b.reshape(-1).view(np.uint8))
+
+
+def _compare_blocks(equal: list[list[bool]], blocks: list[np.ndarray]) -> None:
     """Settle pairs that differ in these blocks (a pair found different is never compared again)."""
     n = len(blocks)
     for i in range(n):
         for j in range(i + 1, n):
-            if equal[i][j] and not torch.equal(blocks[i], blocks[j]):
+            if equal[i][j] and not _same_bits(blocks[i], blocks[j]):
                 equal[i][j] = equal[j][i] = False
 
 
-def _accumulate(blocks: list[torch.Tensor], base: torch.Tensor | None, buffers: torch.Tensor, gram: torch.Tensor,
-                sqdist: torch.Tensor, flagged: set[int]) -> None:
+def _accumulate(blocks: list[np.ndarray], base: np.ndarray | None, buffers: np.ndarray, gram: np.ndarray,
+                sqdist: np.ndarray, flagged: set[int]) -> None:
     """One pass over one block of every ingredient: converted once into a reused float64 buffer, then the dot
     products (Gram matrix) and squared distances of every pair; a non-finite self-product flags NaN or Inf."""
     n, size = len(blocks), len(blocks[0])
     rows = buffers[:, :size]
     for i, b in enumerate(blocks):
-        rows[i].copy_(b)
+        rows[i] = b
     if base is not None:
-        rows[n].copy_(base)
+        rows[n] = base
         rows[:n] -= rows[n]
-    for i in range(n):
-        own = torch.dot(rows[i], rows[i])
-        if not torch.isfinite(own) and not torch.isfinite(blocks[i]).all():
-            flagged.add(i)
-        gram[i, i] += own
-        for j in range(i + 1, n):
-            gram[i, j] += torch.dot(rows[i], rows[j])
-            gram[j, i] = gram[i, j]
-    for i in range(n):
-        for j in range(i + 1, n):
-            diff = torch.sub(rows[i], rows[j], out=rows[n])
-            sqdist[i, j] += torch.dot(diff, diff)
-            sqdist[j, i] = sqdist[i, j]
+    with np.errstate(all="ignore"):  # NaN and Inf are flagged below, not warned about
+        for i in range(n):
+            own = np.dot(rows[i], rows[i])
+            if not np.isfinite(own) and not np.isfinite(blocks[i]).all():
+                flagged.add(i)
+            gram[i, i] += own
+            for j in range(i + 1, n):
+                gram[i, j] += np.dot(rows[i], rows[j])
+                gram[j, i] = gram[i, j]
+        for i in range(n):
+            for j in range(i + 1, n):
+                diff = np.subtract(rows[i], rows[j], out=rows[n])
+                sqdist[i, j] += np.dot(diff, diff)
+                sqdist[j, i] = sqdist[i, j]
 
 
 def _file_digests(ingredients: list[Ingredient]) -> list[str | None]:
@@ -230,15 +239,15 @@ def _file_digests(ingredients: list[Ingredient]) -> list[str | None]:
     return [checkpoint_sha256(ing.files) if ing.files else None for ing in ingredients]
 
 
-def _mark_unknown(m: torch.Tensor, rows: list[int]) -> torch.Tensor:
+def _mark_unknown(m: np.ndarray, rows: list[int]) -> np.ndarray:
     """NaN (null in JSON) for ingredients with non-finite values, whose distances mean nothing."""
-    m = m.clone()
+    m = m.copy()
     m[rows, :] = math.nan
     m[:, rows] = math.nan
     return m
 
 
-def _rounded(m: torch.Tensor) -> list[list[float]]:
+def _rounded(m: np.ndarray) -> list[list[float]]:
     return [[round(float(v), 6) for v in row] for row in m]
 
 

@@ -10,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from ladle.progress import progress_bar
+import numpy as np
 
+from ladle.progress import progress_bar
 from ladle.soup.check import find_mismatches, select_keys
-from ladle.io.checkpoints import DTYPE_NAMES, SAFETENSORS_DTYPES, Ingredient, TensorInfo, is_float, open_ingredient
+from ladle.io.checkpoints import Ingredient, TensorInfo, open_ingredient
+from ladle.io.dtypes import FLOAT_NAMES, dtype_name, is_float, to_torch
 from ladle.errors import LadleError
 from ladle.io.hashing import sha256_file
 from ladle.soup.recipes import BASE_NONE, BASE_REQUIRED, RECIPES
@@ -22,7 +23,7 @@ from ladle.soup.options import OPTION_NAMES, cook_options
 from ladle.soup.stream import count_parts, mix_stream
 from ladle.io.writer import SoupWriter, check_destination
 
-ACCUMULATORS = {"float32": torch.float32, "float64": torch.float64}
+ACCUMULATORS = {"float32": np.float32, "float64": np.float64}
 MIX_BLOCK = 1 << 22  # elements: tensors larger than this are mixed (and written) in parts, when the recipe allows
 NOT_HASHED = "not hashed"  # the sha256 of an ingredient under --no-hash
 
@@ -32,27 +33,40 @@ class Soup:
     """What `cook` made: the tensors (in memory) or the file(s) written, and the manifest."""
 
     manifest: dict
-    state_dict: dict[str, torch.Tensor] | None = None
+    state_dict: dict | None = None  # of torch tensors
     path: Path | None = None
     sha256: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
-def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    if name is None or isinstance(name, torch.dtype):
-        return name
+def parse_dtype(name) -> str | None:
+    """The output dtype's safetensors name, from a name ("bf16", "float32", "F16") or a numpy or torch dtype."""
+    if name is None:
+        return None
     aliases = {"fp32": "F32", "float32": "F32", "fp16": "F16", "float16": "F16", "half": "F16", "bf16": "BF16",
                "bfloat16": "BF16", "fp64": "F64", "float64": "F64", "double": "F64"}
-    key = aliases.get(str(name).lower(), str(name).upper())
-    if key not in SAFETENSORS_DTYPES or not SAFETENSORS_DTYPES[key].is_floating_point:
+    try:
+        key = dtype_name(name) if not isinstance(name, str) else aliases.get(name.lower(), name.upper())
+    except ValueError:
+        key = None
+    if key not in FLOAT_NAMES - {"C64"}:
         raise LadleError(f"dtype: '{name}' is not a floating-point dtype (float32, float16, bfloat16, float64)")
-    return SAFETENSORS_DTYPES[key]
+    return key
 
 
-def _versions() -> dict:
+def _versions(evaluated: bool) -> dict:
+    """What made the soup: the maths is numpy's; torch's version matters only where a model was evaluated."""
+    import ml_dtypes
+
     from ladle._version import __version__
 
-    return {"ladle": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    versions = {"ladle": __version__, "numpy": np.__version__, "ml_dtypes": ml_dtypes.__version__,
+                "python": platform.python_version()}
+    if evaluated:
+        import torch
+
+        versions["torch"] = torch.__version__
+    return versions
 
 
 def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progress: bool = False, scorer=None,
@@ -118,7 +132,7 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
         reserve = 3 * len(json.dumps(draft, indent=2, default=str)) // 2 + (16 << 10)
         writer = SoupWriter(out, out_infos, force=force, max_shard_size=max_shard_size, manifest_reserve=reserve,
                             hash_output=not no_hash)
-    state: dict[str, torch.Tensor] = {}
+    state: dict = {}
     int_disagreements: list[str] = []
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         hashes = {} if no_hash else {f: pool.submit(sha256_file, f) for f in files}  # overlaps with mixing
@@ -132,7 +146,7 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
                 if writer:
                     writer.add(key, tensor)
                 else:
-                    state[key] = tensor
+                    state[key] = to_torch(tensor)
                 del tensor  # written: let it go before the next key is mixed
             digests = {str(f): h.result() for f, h in hashes.items()}
             manifest = _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, exclude,
@@ -195,6 +209,7 @@ def _describe_ingredient(ing: Ingredient, digests: dict[str, str]) -> dict:
 
 def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, exclude, accumulate, out_dtype,
               int_policy, int_disagreements) -> dict:
+    scored = RECIPES[recipe].needs_scorer
     return {
         "recipe": recipe,
         "parameters": params,
@@ -205,12 +220,12 @@ def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, excl
         "notes": plan.notes,
         "selection": {"include": list(include), "exclude": list(exclude), "tensors": len(keys)},
         "dtype_policy": {"accumulate": accumulate,
-                         "output": DTYPE_NAMES[out_dtype] if out_dtype else "same as the ingredients"},
+                         "output": out_dtype or "same as the ingredients"},
         "integer_policy": {"policy": int_policy, "rule": "never averaged",
                            "disagreeing_keys": int_disagreements},
         "trace": plan.trace(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": _versions(scored),
     }
 
 

@@ -1,7 +1,10 @@
-"""The tensor maths of souping: small pure functions, no I/O, no model objects.
+"""The tensor maths of souping: small pure functions on numpy arrays, no I/O, no model objects.
 
-Every function takes tensors one at a time from an iterable, so a caller that reads lazily
-keeps one accumulator and one input tensor in memory, whatever the number of ingredients.
+Every function takes arrays one at a time from an iterable, so a caller that reads lazily keeps one accumulator
+and one input array in memory, whatever the number of ingredients. numpy, not torch: a soup of safetensors files
+is cooked without importing torch (bf16 comes from ml_dtypes). The results are bit for bit those of torch's
+float32 kernels (tested): its `add_(x, alpha=w)` is a fused multiply-add, reproduced by `add_scaled_`.
+The functions also take torch tensors (CPU, sharing memory) and then return tensors.
 """
 
 from __future__ import annotations
@@ -10,51 +13,106 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-import torch
+import functools
+
+import numpy as np
+
+from ladle.io.dtypes import is_tensor, numpy_dtype, to_numpy, to_torch
+
+BLOCK = 1 << 16  # elements: float64 scratch of 512 KiB, reused, so conversions stay in cache
 
 
-def accumulator_dtype(input_dtype: torch.dtype, accumulate: torch.dtype = torch.float32) -> torch.dtype:
-    """The requested accumulator, widened if the inputs are more precise (float64 stays float64)."""
-    return torch.promote_types(input_dtype, accumulate)
+def torch_aware(fn):
+    """Let a function on numpy arrays take torch tensors (alone, in lists, or from a lazy iterable): they go in as
+    arrays sharing their memory, and arrays come back as tensors when a tensor went in."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        seen = []
+
+        def arrays(value):
+            if is_tensor(value):
+                seen.append(True)
+                return to_numpy(value)
+            if isinstance(value, (list, tuple)):
+                return type(value)(arrays(v) for v in value)
+            if hasattr(value, "__next__"):  # an iterator: converted lazily, one tensor at a time
+                return (arrays(v) for v in value)
+            return value
+
+        out = fn(*(arrays(a) for a in args), **{k: arrays(v) for k, v in kwargs.items()})
+        if not seen:
+            return out
+        if isinstance(out, tuple):
+            return tuple(to_torch(o) if isinstance(o, np.ndarray) else o for o in out)
+        return to_torch(out) if isinstance(out, np.ndarray) else out
+
+    return wrapper
 
 
-def weighted_sum(
-    tensors: Iterable[torch.Tensor], weights: Sequence[float], accumulate: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Σ wᵢ·xᵢ in the accumulator dtype, reading one xᵢ at a time. Zero weights still consume their tensor."""
+def accumulator_dtype(input_dtype, accumulate=np.float32) -> np.dtype:
+    """The requested accumulator (float32 or float64), widened to float64 for float64 inputs (numpy or torch
+    dtypes in, a numpy dtype out)."""
+    if numpy_dtype(input_dtype) == np.float64 or numpy_dtype(accumulate) == np.float64:
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return x.reshape(-1)
+
+
+def add_scaled_(acc: np.ndarray, x: np.ndarray, w: float = 1.0) -> np.ndarray:
+    """acc += w·x in place, x of any float dtype (bf16, fp16 …), converted block by block through a small buffer.
+
+    Rounded once, as torch's `acc.add_(x, alpha=w)` is (a fused multiply-add): for a float32 accumulator the
+    product of two float32 values is exact in float64, so forming w·x + acc in float64 and rounding once to float32
+    gives the fused result. A float64 accumulator rounds the product and the sum separately."""
+    a, b = _flat(acc), _flat(x)
+    w64 = np.float64(w if a.dtype == np.float64 else np.float32(w))  # torch rounds alpha to the tensor's dtype
+    scratch = np.empty(min(BLOCK, a.size))
+    for i in range(0, a.size, BLOCK):
+        s = scratch[: min(BLOCK, a.size - i)]
+        np.multiply(b[i : i + BLOCK], w64, out=s, dtype=np.float64)
+        s += a[i : i + BLOCK]
+        a[i : i + BLOCK] = s
+    return acc
+
+
+def scale_(acc: np.ndarray, w: float) -> np.ndarray:
+    """acc *= w in place, w rounded to acc's dtype first (as torch's `mul_` with a Python scalar)."""
+    return np.multiply(acc, acc.dtype.type(w), out=acc)
+
+
+def converted(x: np.ndarray, dtype) -> np.ndarray:
+    """A fresh copy of x in `dtype` (the accumulator: x's own memory is never written)."""
+    return np.array(x, dtype=dtype, copy=True)
+
+
+@torch_aware
+def weighted_sum(tensors: Iterable[np.ndarray], weights: Sequence[float], accumulate=np.float32) -> np.ndarray:
+    """Σ wᵢ·xᵢ in the accumulator dtype, reading one xᵢ at a time. Zero weights still consume their array."""
     acc = None
-    scratch = None
     for x, w in zip(tensors, weights, strict=True):
         if acc is None:
-            acc = x.to(dtype=accumulator_dtype(x.dtype, accumulate), copy=True)
+            acc = converted(x, accumulator_dtype(x.dtype, accumulate))
             if w != 1.0:
-                acc.mul_(w)
-        elif x.dtype == acc.dtype:
-            acc.add_(x, alpha=w)
+                scale_(acc, w)
         else:
-            if scratch is None:
-                scratch = torch.empty(min(CONVERT_CHUNK, acc.numel()), dtype=acc.dtype, device=acc.device)
-            add_converted_(acc, x, w, scratch)
+            add_scaled_(acc, x, w)
     if acc is None:
         raise ValueError("weighted_sum needs at least one tensor")
     return acc
 
 
-CONVERT_CHUNK = 1 << 20  # elements: a 4 MiB float32 buffer, reused
-
-
-def add_converted_(acc: torch.Tensor, x: torch.Tensor, w: float, scratch: torch.Tensor) -> None:
-    """acc += w·x for x of another dtype (bf16/fp16 into float32), converting through a small buffer.
-
-    `acc.add_(x)` across dtypes allocates a full-size converted copy of x on every call; page-faulting
-    that fresh memory costs more than the arithmetic (measured: bf16 soups ~3x slower).
-    """
-    a, b = acc.view(-1), x.reshape(-1)
-    step = scratch.numel()
-    for i in range(0, a.numel(), step):
-        s = scratch[: min(step, a.numel() - i)]
-        s.copy_(b[i : i + s.numel()])
-        a[i : i + s.numel()].add_(s, alpha=w)
+def sum_of_squares(x: np.ndarray) -> float:
+    """Σ x² in float64, through cache-sized blocks (no float64 copy of x)."""
+    total = 0.0
+    b = _flat(x)
+    for i in range(0, b.size, BLOCK):
+        part = b[i : i + BLOCK].astype(np.float64)
+        total += float(np.dot(part, part))
+    return total
 
 
 def normalize_weights(weights: Sequence[float]) -> list[float]:
@@ -70,9 +128,13 @@ def interpolation_weights(alpha: float, n_finetuned: int = 1) -> list[float]:
     return [1.0 - alpha] + [alpha / n_finetuned] * n_finetuned
 
 
-def task_vector(finetuned: torch.Tensor, base: torch.Tensor, accumulate: torch.dtype = torch.float32) -> torch.Tensor:
-    """θ_ft − θ_base in the accumulator dtype."""
-    return finetuned.to(accumulator_dtype(finetuned.dtype, accumulate)) - base.to(accumulator_dtype(base.dtype, accumulate))
+@torch_aware
+def task_vector(finetuned: np.ndarray, base: np.ndarray, accumulate=np.float32) -> np.ndarray:
+    """θ_ft − θ_base in the accumulator dtype (a fresh array)."""
+    dtype = accumulator_dtype(finetuned.dtype, accumulate)
+    out = converted(finetuned, dtype)
+    out -= base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
+    return out
 
 
 def model_stock_ratio(cos: float, k: int) -> float:
@@ -87,70 +149,77 @@ def model_stock_ratio(cos: float, k: int) -> float:
     return k * c / (1.0 + (k - 1) * c)
 
 
-def model_stock_mix(
-    tensors: Iterable[torch.Tensor], base: torch.Tensor, accumulate: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, float, float]:
+@torch_aware
+def model_stock_mix(tensors: Iterable[np.ndarray], base: np.ndarray,
+                    accumulate=np.float32) -> tuple[np.ndarray, float, float]:
     """Model Stock for one tensor, in one pass: returns (merged, t, mean pairwise cosθ of task vectors).
 
     The mean pairwise cosine of k task vectors dᵢ is (‖Σ uᵢ‖² − Σ‖uᵢ‖²) / (k(k−1)) with uᵢ = dᵢ/‖dᵢ‖,
     so it needs one running sum of unit vectors, not all pairs. A zero task vector has cosine 0 to all.
     """
-    base_acc = base.to(accumulator_dtype(base.dtype, accumulate))
+    base_acc = base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
     total = None
-    unit_sum = torch.zeros_like(base_acc, dtype=torch.float64 if base_acc.dtype == torch.float64 else torch.float32)
+    unit_sum = np.zeros(base_acc.shape, dtype=base_acc.dtype)
     k = 0
     nonzero = 0
     for x in tensors:
         k += 1
         d = task_vector(x, base_acc, accumulate)
-        norm = torch.linalg.vector_norm(d.double()).item()
+        norm = math.sqrt(sum_of_squares(d))
         if norm > 0:
             nonzero += 1
-            unit_sum.add_(d, alpha=1.0 / norm)
+            add_scaled_(unit_sum, d, 1.0 / norm)
+        del d
         if total is None:
-            total = x.to(dtype=base_acc.dtype, copy=True)
+            total = converted(x, base_acc.dtype)
         else:
-            total.add_(x)
+            add_scaled_(total, x)
     if k < 2:
         raise ValueError("Model Stock needs at least two fine-tuned models")
-    cos = (torch.linalg.vector_norm(unit_sum.double()).item() ** 2 - nonzero) / (k * (k - 1))
+    cos = (sum_of_squares(unit_sum) - nonzero) / (k * (k - 1))
     t = model_stock_ratio(cos, k)
-    merged = total.mul_(t / k).add_(base_acc, alpha=1.0 - t)
+    merged = add_scaled_(scale_(total, t / k), base_acc, 1.0 - t)
     return merged, t, cos
 
 
-def pairwise_cosine(gram: torch.Tensor) -> torch.Tensor:
+@torch_aware
+def pairwise_cosine(gram: np.ndarray) -> np.ndarray:
     """Cosine similarities from a Gram matrix of vectors; 0 where a vector is zero."""
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    denom = torch.outer(norms, norms)
-    return torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.zeros_like(gram))
+    norms = np.sqrt(np.maximum(np.diagonal(gram), 0))
+    denom = np.outer(norms, norms)
+    return np.where(denom > 0, gram / np.maximum(denom, 1e-300), 0.0)
 
 
 # ---------------------------------------------------------------- task vectors: task arithmetic, TIES, DARE, SLERP
 
 
-def task_vectors(tensors: Iterable[torch.Tensor], base: torch.Tensor,
-                 accumulate: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
-    """τᵢ = θᵢ − θ_base for each θᵢ, lazily: a fresh tensor each, in the accumulator dtype. θᵢ is let go
-    before τᵢ is handed out, so a lazy reader holds one ingredient tensor at a time."""
+def task_vectors(tensors: Iterable[np.ndarray], base: np.ndarray, accumulate=np.float32) -> Iterator[np.ndarray]:
+    """τᵢ = θᵢ − θ_base for each θᵢ, lazily: a fresh array each, in the accumulator dtype. θᵢ is let go
+    before τᵢ is handed out, so a lazy reader holds one ingredient array at a time."""
     for x in tensors:
         tau = task_vector(x, base, accumulate)
         del x
         yield tau
 
 
-def task_arithmetic(base: torch.Tensor, deltas: Iterable[torch.Tensor], lambda_: float,
-                    accumulate: torch.dtype = torch.float32) -> torch.Tensor:
+@torch_aware
+def task_arithmetic(base: np.ndarray, deltas: Iterable[np.ndarray], lambda_: float,
+                    accumulate=np.float32) -> np.ndarray:
     """θ_base + λ·Σ δᵢ (Ilharco et al. 2023), summing the δᵢ one at a time; consumes (overwrites) the first δ.
 
     Summing task vectors, not λ·θᵢ with a base weight 1 − nλ: the weights' cancellation would cost
     n roundings of |θ| instead of roundings of the (much smaller) |τ|."""
     total = None
     for d in deltas:
-        total = d if total is None else total.add_(d)
+        if total is None:
+            total = d
+        else:
+            total += d
     if total is None:
         raise ValueError("task arithmetic needs at least one task vector")
-    return total.mul_(lambda_).add_(base.to(accumulator_dtype(base.dtype, accumulate)))
+    scale_(total, lambda_)
+    total += base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
+    return total
 
 
 def ties_keep_count(numel: int, density: float) -> int:
@@ -159,24 +228,26 @@ def ties_keep_count(numel: int, density: float) -> int:
     return min(numel, max(1, math.ceil(round(density * numel, 9))))
 
 
-def ties_cut(tau: torch.Tensor, density: float) -> tuple[float, int] | None:
+@torch_aware
+def ties_cut(tau: np.ndarray, density: float) -> tuple[float, int] | None:
     """Where TIES' trim cuts τ: (t, m) keeps the entries with |τ| > t and the first m (in flat, row-major order)
     with |τ| = t, k = ties_keep_count(numel, density) in all; None when it keeps every nonzero entry."""
-    n = tau.numel()
+    n = tau.size
     k = ties_keep_count(n, density)
     if k >= n:
         return None
-    mag = tau.abs().reshape(-1)
-    threshold = mag.kthvalue(n - k + 1).values  # the k-th largest magnitude
+    mag = np.abs(_flat(tau))
+    threshold = np.partition(mag, n - k)[n - k]  # the k-th largest magnitude
     if threshold == 0:
         return None  # every nonzero entry is kept; which zeros are "kept" changes nothing
-    return float(threshold), k - int((mag > threshold).sum())
+    return float(threshold), k - int(np.count_nonzero(mag > threshold))
 
 
-def ties_trim(tau: torch.Tensor, density: float, cut: tuple[float, int] | None = ...) -> torch.Tensor:
+@torch_aware
+def ties_trim(tau: np.ndarray, density: float, cut: tuple[float, int] | None = ...) -> np.ndarray:
     """TIES' trim: keep exactly k = ties_keep_count(numel, density) entries of largest |τ|, zero the rest.
 
-    Ties at the threshold go to the lowest flat indices, so the result depends on nothing but τ (torch.topk
+    Ties at the threshold go to the lowest flat indices, so the result depends on nothing but τ (a top-k
     does not say which of equal values it returns). `cut` (from ties_cut on the same τ) saves finding the
     threshold again in a second pass. Returns τ itself when nothing is zeroed."""
     if cut is ...:
@@ -184,16 +255,16 @@ def ties_trim(tau: torch.Tensor, density: float, cut: tuple[float, int] | None =
     if cut is None:
         return tau
     threshold, ties = cut
-    mag = tau.abs().reshape(-1)
+    mag = np.abs(_flat(tau))
     keep = mag > threshold
     at = mag == threshold
-    if int(at.sum()) > ties:  # more entries at the threshold than places left: the lowest indices win
-        at &= at.cumsum(0) <= ties
+    if int(np.count_nonzero(at)) > ties:  # more entries at the threshold than places left: the lowest indices win
+        at &= np.cumsum(at) <= ties
     keep |= at
-    return torch.where(keep.view(tau.shape), tau, torch.zeros((), dtype=tau.dtype))
+    return np.where(keep.reshape(tau.shape), tau, tau.dtype.type(0))
 
 
-def ties_merge(deltas: Callable[[], Iterable[torch.Tensor]]) -> tuple[torch.Tensor, int, int]:
+def ties_merge(deltas: Callable[[], Iterable[np.ndarray]]) -> tuple[np.ndarray, int, int]:
     """TIES' elect and disjoint mean over sparse task vectors, in two passes; memory flat in their number.
 
     `deltas()` returns a fresh iterator over the same (trimmed or dropped) task vectors each time; they are
@@ -205,68 +276,94 @@ def ties_merge(deltas: Callable[[], Iterable[torch.Tensor]]) -> tuple[torch.Tens
     Returns (merged, nonzero entries kept over all δᵢ, those of them dropped by the sign election)."""
     total = None
     for d in deltas():
-        total = d if total is None else total.add_(d)
+        if total is None:
+            total = d
+        else:
+            total += d
     if total is None:
         raise ValueError("TIES needs at least one task vector")
-    sign = torch.sign(total).to(torch.int8)
+    sign = np.sign(total).astype(np.int8)
     del total
     agreeing_mass = None  # Σ |δᵢ| over agreeing entries: same roundings as summing the signed values
-    count = torch.zeros(sign.shape, dtype=torch.int32)
+    count = np.zeros(sign.shape, dtype=np.int32)
     kept = 0
     for d in deltas():
-        kept += int(torch.count_nonzero(d))
-        signed = d.mul_(sign)  # |δ| where it agrees with the elected sign, ≤ 0 (or NaN) elsewhere
-        agree = signed > 0
-        count.add_(agree)
-        signed.clamp_min_(0)
-        agreeing_mass = signed if agreeing_mass is None else agreeing_mass.add_(signed)
+        kept += int(np.count_nonzero(d))
+        signed = np.multiply(d, sign, out=d)  # |δ| where it agrees with the elected sign, ≤ 0 (or NaN) elsewhere
+        count += signed > 0
+        np.maximum(signed, 0, out=signed)
+        if agreeing_mass is None:
+            agreeing_mass = signed
+        else:
+            agreeing_mass += signed
     agreed = int(count.sum())
-    merged = agreeing_mass.div_(count.clamp_min_(1)).mul_(sign)
-    return merged, kept, kept - agreed
+    merged = np.divide(agreeing_mass, np.maximum(count, 1).astype(agreeing_mass.dtype), out=agreeing_mass)
+    return np.multiply(merged, sign, out=merged), kept, kept - agreed
 
 
-def dare_generator(seed: int, key: str, index: int) -> torch.Generator:
+def dare_generator(seed: int, key: str, index: int) -> np.random.RandomState:
     """The random stream of one ingredient's tensor: seeded by sha256 of (seed, key, ingredient index), so a
-    mask depends neither on the other ingredients nor on the order tensors are mixed in (nor on PYTHONHASHSEED)."""
+    mask depends neither on the other ingredients nor on the order tensors are mixed in (nor on PYTHONHASHSEED).
+
+    A Mersenne Twister seeded as torch's CPU generator is (`manual_seed` keeps the low 32 bits), so the masks are
+    those of `torch.rand(shape, generator=torch.Generator().manual_seed(s))` (tested)."""
     digest = hashlib.sha256(f"ladle-dare\0{seed}\0{key}\0{index}".encode()).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return np.random.RandomState((int.from_bytes(digest[:8], "little") >> 1) & 0xFFFFFFFF)
 
 
-def dare_keep_mask(shape: torch.Size | Sequence[int], p: float, generator: torch.Generator) -> torch.Tensor:
+def dare_keep_mask(shape: Sequence[int], p: float, generator: np.random.RandomState) -> np.ndarray:
     """Which entries DARE keeps: each independently with probability 1 − p (u ≥ p, u uniform float32 in [0, 1)).
 
-    Drawn in float32 whatever the tensors' dtype, so the mask is the same for every accumulator."""
-    return torch.rand(tuple(shape), generator=generator, dtype=torch.float32) >= p
+    u is drawn as torch.rand draws float32 on the CPU: the low 24 bits of one 32-bit draw, over 2²⁴. Drawn in
+    float32 whatever the tensors' dtype, so the mask is the same for every accumulator."""
+    shape = tuple(shape)
+    bits = generator.randint(0, 1 << 32, size=math.prod(shape), dtype=np.uint32)
+    u = (bits & 0xFFFFFF).astype(np.float32) * np.float32(2.0**-24)
+    return (u >= np.float32(p)).reshape(shape)
 
 
-def dare_drop(tau: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+@torch_aware
+def dare_drop(tau: np.ndarray, p: float, generator: np.random.RandomState) -> np.ndarray:
     """DARE (Yu et al. 2024): drop each entry of τ with probability p, rescale the rest by 1/(1 − p), which keeps
     E[result] = τ. p = 0 returns τ itself, untouched (nothing is drawn)."""
     if p == 0:
         return tau
     keep = dare_keep_mask(tau.shape, p, generator)
-    return torch.where(keep, tau, torch.zeros((), dtype=tau.dtype)).div_(1.0 - p)
+    out = np.where(keep, tau, tau.dtype.type(0))
+    return np.divide(out, out.dtype.type(1.0 - p), out=out)
 
 
 SLERP_PARALLEL = 0.9995  # |cos| above this: the angle is too small for sin θ to be trusted; interpolate linearly
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float,
-          accumulate: torch.dtype = torch.float32) -> tuple[torch.Tensor, float | None, bool]:
+@torch_aware
+def slerp(a: np.ndarray, b: np.ndarray, t: float, accumulate=np.float32) -> tuple[np.ndarray, float | None, bool]:
     """Spherical interpolation of two tensors, flattened: the angle θ between a/‖a‖ and b/‖b‖, then
     sin((1−t)θ)/sin θ · a + sin(tθ)/sin θ · b on the originals (Shoemake 1985; mergekit's `slerp`).
 
     Falls back to (1−t)·a + t·b when |cos θ| > SLERP_PARALLEL or either norm is zero.
     Returns (result in the accumulator dtype, cos θ or None if a norm is zero, whether it fell back)."""
-    dtype = accumulator_dtype(torch.promote_types(a.dtype, b.dtype), accumulate)
-    a, b = a.to(dtype), b.to(dtype)
-    na = math.sqrt(float(torch.sum(a * a, dtype=torch.float64)))
-    nb = math.sqrt(float(torch.sum(b * b, dtype=torch.float64)))
+    dtype = accumulator_dtype(np.float64 if np.float64 in (a.dtype, b.dtype) else np.float32, accumulate)
+    a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+    na, nb = math.sqrt(sum_of_squares(a)), math.sqrt(sum_of_squares(b))
     cos = None
     if na > 0 and nb > 0:
-        cos = min(max(float(torch.sum(a * b, dtype=torch.float64)) / (na * nb), -1.0), 1.0)
+        cos = min(max(_dot(a, b) / (na * nb), -1.0), 1.0)
     if cos is None or abs(cos) > SLERP_PARALLEL:
-        return a * (1.0 - t) + b * t, cos, True
-    theta = math.acos(cos)
-    s = math.sin(theta)
-    return a * (math.sin((1.0 - t) * theta) / s) + b * (math.sin(t * theta) / s), cos, False
+        wa, wb = 1.0 - t, t
+    else:
+        theta = math.acos(cos)
+        s = math.sin(theta)
+        wa, wb = math.sin((1.0 - t) * theta) / s, math.sin(t * theta) / s
+    out = a * dtype.type(wa)
+    out += b * dtype.type(wb)
+    return out, cos, cos is None or abs(cos) > SLERP_PARALLEL
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Σ a·b in float64, through cache-sized blocks."""
+    total = 0.0
+    fa, fb = _flat(a), _flat(b)
+    for i in range(0, fa.size, BLOCK):
+        total += float(np.dot(fa[i : i + BLOCK].astype(np.float64), fb[i : i + BLOCK].astype(np.float64)))
+    return total

@@ -3,17 +3,19 @@ and by scorers (candidate soups in memory); memory stays flat in the number of i
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from ladle.errors import LadleError
-from ladle.io.checkpoints import Ingredient, is_float
+from ladle.io.checkpoints import Ingredient
+from ladle.io.dtypes import is_float, numpy_dtype
 
 
 def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredient | None = None, *,
-               out_dtypes: dict[str, torch.dtype] | None = None, accumulate: torch.dtype = torch.float32,
+               out_dtypes: dict[str, str] | None = None, accumulate=np.float32,
                int_policy: str = "first", reject_nonfinite: bool = False, int_disagreements: list[str] | None = None,
                block: int | None = None):
-    """Yield (key, mixed tensor) one key at a time: the heart of every soup, on disk or in memory.
+    """Yield (key, mixed array) one key at a time: the heart of every soup, on disk or in memory (numpy arrays;
+    ladle.io.dtypes.to_torch makes them tensors without a copy). `out_dtypes` by safetensors name ("BF16").
 
     With `block` (elements) and a plan whose mix is elementwise (a weighted sum: `plan.elementwise`), a larger
     floating tensor comes as consecutive flat parts of at most `block` elements, in order, under the same key:
@@ -30,7 +32,8 @@ def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredie
                 base_t = _read(base_ing, key, part) if base_ing else None
                 if base_t is not None:
                     _check_finite(base_t, base_ing, key, reject_nonfinite)
-                tensor = plan.mix(key, _reader(ings, key, reject_nonfinite, part), base_t, accumulate).to(dtype)
+                tensor = plan.mix(key, _reader(ings, key, reject_nonfinite, part), base_t, accumulate)
+                tensor = tensor.astype(numpy_dtype(dtype), copy=False)  # round to nearest even, as torch's .to
                 del base_t
                 for ing in everyone:
                     ing.release(key)
@@ -61,14 +64,14 @@ def _part_size(plan, numel: int, block: int | None) -> int | None:
     return block if block and getattr(plan, "elementwise", False) and numel > block else None
 
 
-def _read(ing: Ingredient, key: str, part: slice | None) -> torch.Tensor:
+def _read(ing: Ingredient, key: str, part: slice | None) -> np.ndarray:
     """The tensor, or one flat slice of it (a view: nothing is read until it is used)."""
-    t = ing.get(key)
+    t = ing.array(key)
     return t if part is None else t.reshape(-1)[part]
 
 
-def _check_finite(t: torch.Tensor, ing: Ingredient, key: str, reject: bool) -> None:
-    if reject and not torch.isfinite(t).all():
+def _check_finite(t: np.ndarray, ing: Ingredient, key: str, reject: bool) -> None:
+    if reject and not np.isfinite(t).all():
         raise LadleError("holds NaN or Inf values (--reject-nonfinite)", file=ing.name, key=key)
 
 
@@ -85,11 +88,11 @@ def _reader(ings: list[Ingredient], key: str, reject_nonfinite: bool, part: slic
     return tensors
 
 
-def _integer_tensor(ings: list[Ingredient], key: str, policy: str) -> tuple[torch.Tensor, bool]:
+def _integer_tensor(ings: list[Ingredient], key: str, policy: str) -> tuple[np.ndarray, bool]:
     """Integer tensors are never averaged: keep the first ingredient's, or insist that all agree."""
-    first = ings[0].get(key).clone()
+    first = ings[0].array(key).copy()
     for ing in ings[1:]:
-        if not torch.equal(first, ing.get(key)):
+        if not np.array_equal(first, ing.array(key)):
             if policy == "strict":
                 raise LadleError(f"integer tensor differs from {ings[0].name} (--int-policy strict)", file=ing.name, key=key)
             return first, False

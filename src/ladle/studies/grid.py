@@ -113,9 +113,13 @@ def grid_key(context: Context) -> str:
 
 def mix_pair(a: dict, b: dict, alpha: float) -> dict:
     """(1 − α)·a + α·b for every float tensor (BatchNorm statistics too); integer buffers are a's."""
+    from ladle.io.dtypes import to_numpy, to_torch
     from ladle.soup.mixing import weighted_sum
 
-    return {k: weighted_sum([a[k], b[k]], [1.0 - alpha, alpha]) if a[k].is_floating_point() else a[k] for k in a}
+    def mix(x, y):
+        return to_torch(weighted_sum([to_numpy(x), to_numpy(y)], [1.0 - alpha, alpha])).to(x.device)
+
+    return {k: mix(a[k], b[k]) if a[k].is_floating_point() else a[k] for k in a}
 
 
 def split_scores(context: Context, states: list[dict]) -> list[dict[str, tuple[float, float]]]:

@@ -2,9 +2,11 @@
 
 A recipe is a function `(n, **params) -> plan`, where a plan mixes the N tensors stored under one key
 (`Plan`: fixed weights; or any object with `mix(key, tensors, base, accumulate)`, `weights`, `base_weight`,
-`notes` and `trace()`, and `elementwise = True` if each output entry depends only on the same entry of the inputs). Its typed signature is its only declaration (see ladle.soup.schema): CLI flags, YAML
-fields, `ladle recipes` and validation are read from it. A recipe that needs scores declares a
-`scorer: Scorer` parameter. Recipe modules import torch inside their functions, so listing recipes is fast.
+`notes` and `trace()`, and `elementwise = True` if each output entry depends only on the same entry of the
+inputs). Tensors come and go as numpy arrays (ladle.soup.mixing holds the maths). Its typed signature is its only
+declaration (see ladle.soup.schema): CLI flags, YAML fields, `ladle recipes` and validation are read from it. A
+recipe that needs scores declares a `scorer: Scorer` parameter and imports torch inside its functions, so listing
+recipes and cooking fixed-weight soups never import torch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Plan:
     elementwise = True  # a weighted sum: any slice of a tensor mixes alone (cook mixes large tensors in blocks)
 
     def mix(self, key: str, tensors: Callable[[list[int]], Iterable], base, accumulate):
-        import torch
+        import numpy as np
 
         from ladle.soup import mixing
 
@@ -38,7 +40,7 @@ class Plan:
         if self.base_weight != 0.0:
             stream, weights = _prepend(base, stream), [self.base_weight] + weights
         if not weights:
-            return torch.zeros_like(base, dtype=mixing.accumulator_dtype(base.dtype, accumulate))
+            return np.zeros(base.shape, dtype=mixing.accumulator_dtype(base.dtype, accumulate))
         return mixing.weighted_sum(stream, weights, accumulate)
 
     def trace(self) -> dict:

@@ -5,8 +5,8 @@
 and disjoint mean (no magnitude trim): θ = θ_base + λ·mean of the agreeing DARE(τᵢ). mergekit's `dare_ties`
 sums the agreeing entries by default instead (normalize: false); here it is the mean, as in TIES-Merging.
 The default p = 0.9 is the paper's headline drop rate; mergekit configurations often keep more (density 0.5).
-The masks are seeded per (seed, key, ingredient index): the same command gives the same bytes (for one torch
-version), and adding an ingredient at the end changes no other ingredient's mask.
+The masks are seeded per (seed, key, ingredient index): the same command gives the same bytes (they are the masks
+torch's CPU generator draws from the same seed), and adding an ingredient at the end changes no other one's mask.
 """
 
 from __future__ import annotations
@@ -34,24 +34,28 @@ class DarePlan:
         self.per_key: dict[str, dict[str, int]] = {}
 
     def mix(self, key, tensors, base, accumulate):
-        from ladle.soup.mixing import (accumulator_dtype, dare_drop, dare_generator, task_arithmetic,
+        import numpy as np
+
+        from ladle.soup.mixing import (accumulator_dtype, dare_drop, dare_generator, scale_, task_arithmetic,
                                        task_vectors, ties_merge)
 
-        base = base.to(accumulator_dtype(base.dtype, accumulate))
+        base = base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
         indices = list(range(len(self.weights)))
 
         def dropped():  # the same masks every time it is called: each generator is seeded afresh
             for i, tau in zip(indices, task_vectors(tensors(indices), base, accumulate)):
                 d = dare_drop(tau, self.p, dare_generator(self.seed, key, i))
-                self.entries += d.numel()
-                self.kept += int(d.count_nonzero())
+                self.entries += d.size
+                self.kept += int(np.count_nonzero(d))
                 yield d
 
         if not self.ties:
             return task_arithmetic(base, dropped(), self.lambda_, accumulate)
         merged, kept, conflicts = ties_merge(dropped)
         self.per_key[key] = {"kept": kept, "sign_conflicts": conflicts}
-        return merged.mul_(self.lambda_).add_(base)
+        scale_(merged, self.lambda_)
+        merged += base
+        return merged
 
     def trace(self) -> dict:
         passes = 2 if self.ties else 1  # dare-ties reads (and drops) every task vector twice

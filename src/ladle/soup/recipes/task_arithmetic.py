@@ -20,7 +20,7 @@ class TaskArithmeticPlan:
     def mix(self, key, tensors, base, accumulate):
         from ladle.soup.mixing import accumulator_dtype, task_arithmetic, task_vectors
 
-        base = base.to(accumulator_dtype(base.dtype, accumulate))
+        base = base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
         return task_arithmetic(base, task_vectors(tensors(list(range(len(self.weights)))), base, accumulate),
                                self.lambda_, accumulate)
 

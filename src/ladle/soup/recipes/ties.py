@@ -21,9 +21,9 @@ class TiesPlan:
         self.per_key: dict[str, dict[str, int]] = {}
 
     def mix(self, key, tensors, base, accumulate):
-        from ladle.soup.mixing import accumulator_dtype, task_vectors, ties_cut, ties_merge, ties_trim
+        from ladle.soup.mixing import accumulator_dtype, scale_, task_vectors, ties_cut, ties_merge, ties_trim
 
-        base = base.to(accumulator_dtype(base.dtype, accumulate))
+        base = base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
         indices = list(range(len(self.weights)))
         cuts: dict[int, tuple[float, int] | None] = {}  # found in the first pass, reused in the second
 
@@ -35,7 +35,9 @@ class TiesPlan:
 
         merged, kept, conflicts = ties_merge(trimmed)
         self.per_key[key] = {"kept": kept, "sign_conflicts": conflicts}
-        return merged.mul_(self.lambda_).add_(base)
+        scale_(merged, self.lambda_)
+        merged += base
+        return merged
 
     def trace(self) -> dict:
         return {"ties": self.per_key}
