@@ -14,6 +14,8 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -63,20 +65,51 @@ def _flat(x: np.ndarray) -> np.ndarray:
 
 
 def add_scaled_(acc: np.ndarray, x: np.ndarray, w: float = 1.0) -> np.ndarray:
-    """acc += w·x in place, x of any float dtype (bf16, fp16 …), converted block by block through a small buffer.
+    """acc += w·x in place, x of any float dtype (bf16, fp16 …), converted block by block through small buffers.
 
     Rounded once, as torch's `acc.add_(x, alpha=w)` is (a fused multiply-add): for a float32 accumulator the
     product of two float32 values is exact in float64, so forming w·x + acc in float64 and rounding once to float32
-    gives the fused result. A float64 accumulator rounds the product and the sum separately."""
+    gives the fused result. A float64 accumulator rounds the product and the sum separately. Large arrays are
+    split between threads (numpy lets go of the GIL), each with its own buffer."""
     a, b = _flat(acc), _flat(x)
     w64 = np.float64(w if a.dtype == np.float64 else np.float32(w))  # torch rounds alpha to the tensor's dtype
+    if a.size < PARALLEL_MIN or THREADS == 1:
+        _add_scaled_blocks(a, b, w64)
+        return acc
+    step = -(-a.size // THREADS // BLOCK) * BLOCK
+    jobs = [_pool().submit(_add_scaled_blocks, a[i : i + step], b[i : i + step], w64) for i in range(0, a.size, step)]
+    for job in jobs:
+        job.result()
+    return acc
+
+
+THREADS = min(4, os.cpu_count() or 1)
+PARALLEL_MIN = 1 << 20  # elements: below this, one thread (starting others costs more than it saves)
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="ladle-mix")
+    return _POOL
+
+
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # a forked child has none of its parent's threads: it starts its own pool when needed
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _add_scaled_blocks(a: np.ndarray, b: np.ndarray, w64: np.float64) -> None:
     scratch = np.empty(min(BLOCK, a.size))
     for i in range(0, a.size, BLOCK):
         s = scratch[: min(BLOCK, a.size - i)]
         np.multiply(b[i : i + BLOCK], w64, out=s, dtype=np.float64)
         s += a[i : i + BLOCK]
         a[i : i + BLOCK] = s
-    return acc
 
 
 def scale_(acc: np.ndarray, w: float) -> np.ndarray:
