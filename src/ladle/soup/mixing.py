@@ -21,7 +21,7 @@ import numpy as np
 
 from ladle.io.dtypes import is_tensor, numpy_dtype, to_numpy, to_torch
 
-BLOCK = 1 << 16  # elements: float64 scratch of 512 KiB, reused, so conversions stay in cache
+BLOCK = 1 << 18  # elements: float64 scratch of 2 MiB, reused (smaller blocks make threads queue for the GIL)
 
 
 def torch_aware(fn):
@@ -67,17 +67,29 @@ def _flat(x: np.ndarray) -> np.ndarray:
 def add_scaled_(acc: np.ndarray, x: np.ndarray, w: float = 1.0) -> np.ndarray:
     """acc += w·x in place, x of any float dtype (bf16, fp16 …), converted block by block through small buffers.
 
-    Rounded once, as torch's `acc.add_(x, alpha=w)` is (a fused multiply-add): for a float32 accumulator the
-    product of two float32 values is exact in float64, so forming w·x + acc in float64 and rounding once to float32
-    gives the fused result. A float64 accumulator rounds the product and the sum separately. Large arrays are
-    split between threads (numpy lets go of the GIL), each with its own buffer."""
+    Rounded once, as torch's `acc.add_(x, alpha=w)` is (a fused multiply-add). For a float32 accumulator: when
+    w = ±2⁻ᵏ (uniform soups of 2ᵏ ingredients, sums) w·x is exact in float32 unless it falls below the normal
+    range, so one float32 multiply and add give the fused result (blocks holding such tiny values take the general
+    way); otherwise w·x + acc is formed in float64, where the product of two float32 values is exact, and rounded
+    once. A float64 accumulator rounds the product and the sum separately. Large arrays are split between threads
+    (numpy lets go of the GIL), each with its own buffers."""
     a, b = _flat(acc), _flat(x)
-    w64 = np.float64(w if a.dtype == np.float64 else np.float32(w))  # torch rounds alpha to the tensor's dtype
+    if a.dtype == np.float64:
+        kernel, args = _fused_blocks, (np.float64(w),)
+    else:
+        w32 = np.float32(w)
+        mantissa, exponent = math.frexp(float(w32))
+        if abs(mantissa) == 0.5 and exponent <= 1:  # w = ±2⁻ᵏ, k = 1 − exponent ≥ 0
+            k = 1 - exponent
+            # |x| below 2^(k−126) (bits < (k+1)·2²³, zero aside) may lose bits in w·x; w = ±1 loses none
+            kernel, args = _power_of_two_blocks, (w32, np.uint32((k + 1) << 23) if k else np.uint32(0))
+        else:
+            kernel, args = _fused_blocks, (np.float64(w32),)  # torch rounds alpha to the tensor's dtype
     if a.size < PARALLEL_MIN or THREADS == 1:
-        _add_scaled_blocks(a, b, w64)
+        kernel(a, b, *args)
         return acc
     step = -(-a.size // THREADS // BLOCK) * BLOCK
-    jobs = [_pool().submit(_add_scaled_blocks, a[i : i + step], b[i : i + step], w64) for i in range(0, a.size, step)]
+    jobs = [_pool().submit(kernel, a[i : i + step], b[i : i + step], *args) for i in range(0, a.size, step)]
     for job in jobs:
         job.result()
     return acc
@@ -103,13 +115,35 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _add_scaled_blocks(a: np.ndarray, b: np.ndarray, w64: np.float64) -> None:
-    scratch = np.empty(min(BLOCK, a.size))
+def _fused_blocks(a: np.ndarray, b: np.ndarray, w64: np.float64) -> None:
+    """a += w·b with one rounding: product and sum in float64 buffers, then back to a's dtype."""
+    product, total = np.empty(min(BLOCK, a.size)), np.empty(min(BLOCK, a.size))
     for i in range(0, a.size, BLOCK):
-        s = scratch[: min(BLOCK, a.size - i)]
-        np.multiply(b[i : i + BLOCK], w64, out=s, dtype=np.float64)
-        s += a[i : i + BLOCK]
-        a[i : i + BLOCK] = s
+        n = min(BLOCK, a.size - i)
+        p, t = product[:n], total[:n]
+        np.copyto(p, b[i : i + n])
+        np.copyto(t, a[i : i + n])
+        p *= w64
+        p += t
+        np.copyto(a[i : i + n], p, casting="same_kind")
+
+
+def _power_of_two_blocks(a: np.ndarray, b: np.ndarray, w32: np.float32, tiny: np.uint32) -> None:
+    """a += w·b in float32 for w = ±2⁻ᵏ: exact products, so one rounding; blocks with |b| < 2^(k−126) (`tiny`
+    as float32 bits) go through the float64 way."""
+    product, bits = np.empty(min(BLOCK, a.size), np.float32), np.empty(min(BLOCK, a.size), np.uint32)
+    for i in range(0, a.size, BLOCK):
+        n = min(BLOCK, a.size - i)
+        p = product[:n]
+        np.copyto(p, b[i : i + n], casting="unsafe")  # bf16 and fp16 are exact in float32
+        if tiny:
+            u = np.bitwise_and(p.view(np.uint32), 0x7FFFFFFF, out=bits[:n])
+            u -= np.uint32(1)  # zero wraps to the largest value: zeros are exact
+            if u.min() < tiny - np.uint32(1):
+                _fused_blocks(a[i : i + n], b[i : i + n], np.float64(w32))
+                continue
+        p *= w32
+        a[i : i + n] += p
 
 
 def scale_(acc: np.ndarray, w: float) -> np.ndarray:
