@@ -115,7 +115,7 @@ def test_cook_to_a_directory(cli, trio, tmp_path):
     out = tmp_path / "soupdir"
     result = cli("cook", "uniform", a, b, "-o", out)
     assert result.code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ladle.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "ladle.json", "model.safetensors"]  # + model card
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     assert result.out.splitlines()[1] == f"sha256 {digest}  model.safetensors"
 

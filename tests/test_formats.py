@@ -229,7 +229,7 @@ def test_sharded_directory_round_trip(ckpt, tmp_path):
     soup = ladle.cook("uniform", [a, b], out=out, max_shard_size=150)  # each weight is 64 bytes: 2 per shard
     n = 3
     shard_names = [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
-    assert sorted(p.name for p in out.iterdir()) == sorted(shard_names + ["model.safetensors.index.json", "ladle.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(shard_names + ["model.safetensors.index.json", "ladle.json", "README.md"])
     assert sorted(soup.sha256) == shard_names
 
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -273,7 +273,7 @@ def test_single_shard_directory(ckpt, tmp_path):
     a, b = _ingredients(ckpt)
     out = tmp_path / "soupdir"
     ladle.cook("uniform", [a, b], out=out)
-    assert sorted(p.name for p in out.iterdir()) == ["ladle.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "ladle.json", "model.safetensors"]
     assert_same_state(ladle.load_soup(out), ladle.cook("uniform", [a, b]).state_dict)
 
 

@@ -332,3 +332,27 @@ def test_a_soup_tasted_alone_has_no_gain_to_show(greedy, cli):
     row = next(line for line in lines if line.startswith(str(soup)[-32:]) or line.startswith("…"))
     want = 100 * accuracy(model_with(soup), load_data('digits:test', image_size=16), (0.5,) * 3, (0.5,) * 3)
     assert row.split()[1:] == ["soup", f"{want:.2f}"]
+
+
+def test_greedy_into_a_directory_has_a_card_whose_command_remakes_it(ingredients, tmp_path):
+    import shlex
+
+    import yaml
+
+    out = tmp_path / "greedy-dir"
+    code, stdout, stderr = run("cook", "greedy", *ingredients, *TASTING, "--data", "digits", "-o", out)
+    assert code == 0, stderr
+    card = (out / "README.md").read_text()
+    assert yaml.safe_load(card.split("---\n")[1])["tags"] == ["model-soup", "ladle", "greedy"]
+    assert "## How the weights were chosen" in card and "greedy soup (accuracy on digits:heldout" in card
+    command = shlex.split(card.split("```bash\n")[1].split("\n```")[0])
+    assert command[:3] == ["ladle", "cook", "greedy"]
+    assert command[command.index("--model") + 1] == MODEL and command[command.index("--data") + 1] == "digits"
+    assert command[command.index("--image-size") + 1] == SIZE
+    again = tmp_path / "again"
+    command[command.index("-o") + 1] = str(again)
+    code, _, stderr = run(*command[1:])  # the words after `ladle`
+    assert code == 0, stderr
+    first, second = load_file(str(out / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert ladle.read_manifest(again)["weights"] == ladle.read_manifest(out)["weights"]

@@ -290,7 +290,7 @@ def test_force_replaces_a_directory_completely(tmp_path):
     ladle.cook("uniform", [a, a], out=out, max_shard_size=16)
     assert len(list(out.glob("model-*.safetensors"))) == 4
     ladle.cook("uniform", [a, a], out=out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["ladle.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "ladle.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["soupdir"]
 
 
@@ -429,7 +429,7 @@ def test_overwriting_an_ingredient_in_place(ckpt):
     ladle.cook("uniform", [a, b], out=d)
     ladle.cook("uniform", [d, b], out=d, force=True)
     assert torch.equal(ladle.load_soup(d)["w"], tensor([2.75, 3.75]))
-    assert sorted(p.name for p in d.iterdir()) == ["ladle.json", "model.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == ["README.md", "ladle.json", "model.safetensors"]
     assert temporaries(ckpt.folder) == []
 
 

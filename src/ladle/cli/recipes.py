@@ -27,6 +27,8 @@ def run(args) -> int:
         print(f"    {r.reference}")
         for p in r.parameters:
             print(f"    {p.describe()}")
-    print("\nevery recipe also takes: -o PATH, --include/--exclude GLOB, --dtype, --accumulate, --int-policy, "
-          "--reject-nonfinite, --max-shard-size, --force (`ladle cook RECIPE --help`)")
+    from ladle.soup.options import COOK_OPTIONS
+
+    shared = ", ".join(p.flag for p in COOK_OPTIONS if p.name != "base")  # base: listed per recipe above
+    print(f"\nevery recipe also takes: -o PATH, {shared} (`ladle cook RECIPE --help`)")
     return 0

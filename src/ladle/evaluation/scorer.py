@@ -35,6 +35,7 @@ class Taster:
         self.keys: list[str] = []
         self.headless: list[str] = []  # head keys the ingredients lack (encoder-only): nothing to score with
         self.names: list[str] = []
+        self.options: dict | None = None  # the tasting options it was built from (make_scorer), if any
         self._file_keys: list[list[str]] | None = None
         self.last_images = 0  # images the last early-rejecting score_soup pushed through the model
 

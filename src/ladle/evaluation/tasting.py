@@ -72,7 +72,11 @@ def make_scorer(
     evaluator = Evaluator(net, splits, mean=spec.mean, std=spec.std, device=device or default_device(),
                           batch_size=eval_batch_size, bn=bn, bn_data=bn_set, progress=progress,
                           store=logit_cache(), model_id=model_id)
-    return Taster(evaluator, split=next(iter(splits)))
+    taster = Taster(evaluator, split=next(iter(splits)))
+    # what the tasting was given, for the command that remakes the soup (the device is where it ran, not what it is)
+    taster.options = {"model": model, "data": list(data), "num_classes": num_classes, "image_size": image_size,
+                      "bn": bn, "bn_data": bn_data, "eval_batch_size": eval_batch_size, "seed": seed}
+    return taster
 
 
 def logit_cache():

@@ -263,9 +263,14 @@ def sweep_stale_temporaries(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
+def is_file_output(out: str | os.PathLike) -> bool:
+    """`X.safetensors` is one file; any other output path is a Hugging Face style directory."""
+    return Path(out).suffix == ".safetensors"
+
+
 def check_destination(out: Path, force: bool) -> None:
     """Refuse to overwrite without force, or to put a file where a directory is (or the reverse)."""
-    is_file = out.suffix == ".safetensors"
+    is_file = is_file_output(out)
     if out.exists() and not force:
         raise LadleError("output exists; pass --force to overwrite it", file=out)
     if out.exists() and is_file != out.is_file():
@@ -284,7 +289,7 @@ class SoupWriter:
     def __init__(self, out: str | os.PathLike, infos: dict[str, TensorInfo], *, force: bool = False,
                  max_shard_size: int | str = "5GB", manifest_reserve: int = 64 << 10, hash_output: bool = True):
         self.out = Path(out)
-        self.is_file = self.out.suffix == ".safetensors"
+        self.is_file = is_file_output(self.out)
         self.max_shard_size = parse_size(max_shard_size)
         self.hash_output = hash_output
         check_destination(self.out, force)
@@ -337,9 +342,10 @@ class SoupWriter:
         if not self.is_file and not shard.missing:
             shard.close({"format": "pt"})  # a full shard is finished now: its header holds no manifest
 
-    def finish(self, manifest: dict) -> dict[str, str]:
+    def finish(self, manifest: dict, extras: dict[str, Path | str] | None = None) -> dict[str, str]:
         """Write the header(s), the index and the manifest, then rename into place. Returns sha256 by file
-        (empty with hash_output=False)."""
+        (empty with hash_output=False). `extras` (directory outputs): more files by name, copied byte for byte from
+        a path or written from text (config, tokenizer, model card), inside the same atomic rename."""
         from ladle.io.hashing import sha256_file
 
         manifest_text = json.dumps(manifest, indent=2, sort_keys=False, default=str)
@@ -360,6 +366,14 @@ class SoupWriter:
             }
             (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (self.tmp / DIR_MANIFEST).write_text(manifest_text + "\n")
+        for name, content in (extras or {}).items():
+            target = self.tmp / name
+            if isinstance(content, Path):
+                shutil.copyfile(content, target)
+            else:
+                target.write_text(content)
+            with open(target, "rb") as f:
+                os.fsync(f.fileno())
         _fsync_dir(self.tmp)
         if self.out.exists():
             if _exchange(self.tmp, self.out):

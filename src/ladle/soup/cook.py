@@ -18,10 +18,11 @@ from ladle.io.checkpoints import Ingredient, TensorInfo, open_ingredient
 from ladle.io.dtypes import FLOAT_NAMES, dtype_name, is_float, to_torch
 from ladle.errors import LadleError
 from ladle.io.hashing import sha256_file
+from ladle.io.hf import model_card, plan_carry
 from ladle.soup.recipes import BASE_NONE, BASE_REQUIRED, RECIPES
 from ladle.soup.options import OPTION_NAMES, cook_options
 from ladle.soup.stream import count_parts, mix_stream
-from ladle.io.writer import SoupWriter, check_destination
+from ladle.io.writer import SoupWriter, check_destination, is_file_output
 
 ACCUMULATORS = {"float32": np.float32, "float64": np.float64}
 MIX_BLOCK = 1 << 22  # elements: tensors larger than this are mixed (and written) in parts, when the recipe allows
@@ -112,6 +113,11 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
             "; use --encoder-only or --include/--exclude to soup only the shared part" if m.kind in ("missing", "extra")
             else "")
         raise LadleError(m.message + hint, file=m.file, key=m.key)
+    carried = None
+    if out is not None and not is_file_output(out):  # a directory: it carries config and tokenizer
+        carried = plan_carry([*ingredients, *([base] if base is not None else [])], options["config_from"])
+    elif options["config_from"] is not None:
+        raise LadleError("config_from: only a directory output carries config files; give a directory as output")
     if out is not None:
         check_destination(Path(out), force)  # before any (possibly long) tasting
     if scorer is not None:  # checks that every ingredient fits the model, then scores candidate soups of them
@@ -128,7 +134,7 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
     writer = None
     if out is not None:  # the manifest's header space: its size now (hashes are fixed-length), with room to spare
         draft = _manifest(recipe, params, plan, ings, base_ing, {str(f): "0" * 64 for f in files}, keys, include,
-                          exclude, accumulate, out_dtype, int_policy, [])
+                          exclude, accumulate, out_dtype, int_policy, [], carried)
         reserve = 3 * len(json.dumps(draft, indent=2, default=str)) // 2 + (16 << 10)
         writer = SoupWriter(out, out_infos, force=force, max_shard_size=max_shard_size, manifest_reserve=reserve,
                             hash_output=not no_hash)
@@ -150,8 +156,13 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
                 del tensor  # written: let it go before the next key is mixed
             digests = {str(f): h.result() for f, h in hashes.items()}
             manifest = _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, exclude,
-                                 accumulate, out_dtype, int_policy, int_disagreements)
-            sha = writer.finish(manifest) if writer else {}
+                                 accumulate, out_dtype, int_policy, int_disagreements, carried)
+            extras = {}
+            if carried is not None:
+                command = reproduce_command(recipe, ingredients, out, options, params, scorer)
+                extras = {f.name: f for f in carried.files}
+                extras["README.md"] = model_card(manifest, Path(out).name, command, carried.config)
+            sha = writer.finish(manifest, extras) if writer else {}
         except BaseException:
             for h in hashes.values():
                 h.cancel()
@@ -159,6 +170,12 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
                 writer.abort()
             raise
     notes = list(plan.notes) + [f"{ing.name}: {n}" for ing in everyone for n in ing.notes]
+    if carried is not None and carried.files:
+        notes.append(f"carried {', '.join(f.name for f in carried.files)} from {carried.source}")
+    if carried is not None and carried.differences:
+        fields = sorted({d["field"] for d in carried.differences})
+        notes.append(f"the ingredients' configs differ in {', '.join(fields[:4])}{', …' if len(fields) > 4 else ''}: "
+                     f"the soup carries {carried.source}'s (the manifest lists every difference)")
     if int_disagreements:
         notes.append(f"{len(int_disagreements)} integer tensors differ between ingredients; kept the first ingredient's "
                      f"(e.g. '{int_disagreements[0]}')")
@@ -207,8 +224,28 @@ def _describe_ingredient(ing: Ingredient, digests: dict[str, str]) -> dict:
     return entry
 
 
+def reproduce_command(recipe: str, ingredients: list, out, options: dict, params: dict, scorer) -> list[str] | None:
+    """The `ladle cook` command line that remakes this soup (None for in-memory ingredients: no command can)."""
+    from ladle.evaluation.tasting import TASTING_OPTIONS
+    from ladle.soup.options import COOK_OPTIONS
+
+    paths = [*ingredients, *([options["base"]] if options["base"] is not None else []),
+             *([options["config_from"]] if options["config_from"] is not None else [])]
+    if not all(isinstance(p, (str, Path)) for p in paths):
+        return None
+    spec = RECIPES[recipe]
+    words = ["ladle", "cook", recipe, *map(str, ingredients), "-o", str(out)]
+    for p in COOK_OPTIONS:
+        if p.name != "force":
+            words += p.argv(options[p.name])
+    tasting = getattr(scorer, "options", None) or {}
+    words += [w for p in spec.parameters if not (tasting and p.name == "seed") for w in p.argv(params.get(p.name))]
+    words += [w for p in TASTING_OPTIONS if p.name in tasting for w in p.argv(tasting[p.name])]
+    return words
+
+
 def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, exclude, accumulate, out_dtype,
-              int_policy, int_disagreements) -> dict:
+              int_policy, int_disagreements, carried=None) -> dict:
     scored = RECIPES[recipe].needs_scorer
     return {
         "recipe": recipe,
@@ -224,6 +261,7 @@ def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, excl
         "integer_policy": {"policy": int_policy, "rule": "never averaged",
                            "disagreeing_keys": int_disagreements},
         "trace": plan.trace(),
+        **(carried.manifest() if carried is not None else {}),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(scored),
     }

@@ -19,6 +19,8 @@ def _declaration(
     reject_nonfinite: Annotated[bool, "fail if an ingredient holds NaN or Inf"] = False,
     max_shard_size: Annotated[Size, "shard size of directory outputs"] = "5GB",
     no_hash: Annotated[bool, "skip the sha256 of the ingredients and of the output (the manifest says 'not hashed')"] = False,
+    config_from: Annotated[Checkpoint, "directory outputs: take config, tokenizer and other non-weight files from this "
+                                       "Hugging Face folder (default: the first ingredient's)"] = None,
 ) -> None:
     """Options of `ladle cook` shared by every recipe."""
 

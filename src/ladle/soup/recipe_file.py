@@ -19,7 +19,7 @@ import yaml
 from ladle.errors import LadleError
 from ladle.soup.schema import Param
 
-PATH_FIELDS = ("base", "output", "bn_data")
+PATH_FIELDS = ("base", "output", "bn_data", "config_from")
 
 
 def cook_params() -> list[Param]:

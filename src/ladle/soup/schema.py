@@ -56,6 +56,19 @@ class Param:
         names = {list[float]: "list of numbers", list[str]: "list of strings", Checkpoint: "path", Size: "size"}
         return names.get(self.type, getattr(self.type, "__name__", str(self.type)))
 
+    def argv(self, value) -> list[str]:
+        """The command-line words that give this value ([] for the default): what reproduces a soup."""
+        if value is None or value == self.default or (isinstance(value, (list, tuple)) and not value
+                                                      and not self.default):
+            return []
+        if self.type is bool:
+            return ["--no-" + self.flag[2:]] if self.default is True else [self.flag]
+        if self.type == list[float]:
+            return [f"{self.flag}={','.join(map(repr, value))}"]  # repr: the shortest text that reads back exactly
+        if self.type == list[str]:
+            return [w for v in value for w in (self.flag, str(v))]
+        return [self.flag, repr(value) if isinstance(value, float) else str(value)]
+
     def describe(self) -> str:
         if self.type is bool:
             return f"--no-{self.flag[2:]} (flag): do not {self.help}" if self.default else f"{self.flag} (flag): {self.help}"
