@@ -223,3 +223,19 @@ def test_fixed_weight_commands_never_import_torch(tmp_path):
         run = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, (argv, run.stderr[-500:])
     assert (tmp_path / "ties.safetensors").exists()
+
+
+@pytest.mark.parametrize("w", [1 / 16, -0.5, 1.0, 2.0, 0.3])
+def test_power_of_two_weights_and_tiny_values_are_still_torchs_fused_result(w):
+    """w = ±2⁻ᵏ takes a float32 way (exact products); values so small that w·x leaves the normal range (here in
+    one block of two) must not: they go the float64 way, and every bit still matches torch."""
+    g = torch.Generator().manual_seed(6)
+    size = 2 * mixing.BLOCK + 7
+    acc, x = torch.randn(size, generator=g), torch.randn(size, generator=g)
+    x[mixing.BLOCK + 3 : mixing.BLOCK + 40] *= 2.0**-125  # near the bottom of float32: w·x subnormal
+    acc[mixing.BLOCK + 3 : mixing.BLOCK + 40] *= 2.0**-127
+    for dtype in (torch.float32, torch.bfloat16):
+        xs = x.to(dtype)
+        expected = acc.clone().add_(xs.float(), alpha=w)
+        got = mixing.add_scaled_(to_numpy(acc.clone()), to_numpy(xs), w)
+        assert np.array_equal(got.view(np.uint32), expected.numpy().view(np.uint32)), (w, dtype)
