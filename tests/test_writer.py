@@ -450,6 +450,27 @@ def test_hash_cache_is_used_and_invalidated(tmp_path, monkeypatch):
     assert hashing.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
 
 
+def test_a_soup_is_hashed_as_written_and_remembered_under_its_final_name(pair, tmp_path, monkeypatch):
+    """The output's sha256 is computed while fsync waits for the disk, from the temporary file; it is the hash of
+    the bytes in place, and the cache holds it under the final name (a soup of this soup hashes nothing)."""
+    from ladle.io import hashing
+
+    monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path / "cache"))
+    for out in (tmp_path / "soup.safetensors", tmp_path / "sharded"):
+        soup = ladle.cook("uniform", list(pair), out=out, **({} if out.suffix else {"max_shard_size": 16}))
+        files = [out] if out.is_file() else sorted(out.glob("model-*.safetensors"))
+        assert len(files) == (1 if out.is_file() else 2)
+        cached = json.loads((tmp_path / "cache" / "sha256.json").read_text())
+        for f in files:
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            assert soup.sha256[f.name] == digest
+            assert cached[str(f.resolve())]["sha256"] == digest
+            monkeypatch.setattr(hashing, "sha256_content", lambda path: pytest.fail(f"hashed {path} again"))
+            assert hashing.sha256_file(f) == digest
+            monkeypatch.undo()
+            monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path / "cache"))
+
+
 # ---------------------------------------------------------------- streaming into a reserved file
 
 def test_each_tensor_is_in_the_file_as_soon_as_it_is_added(tmp_path):

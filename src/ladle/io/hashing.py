@@ -41,8 +41,8 @@ def _load(cache: Path) -> dict:
         return {}  # missing or damaged: start again
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hash with a small reused buffer (no memory-mapping, so it does not inflate resident memory)."""
+def sha256_file(path: Path) -> str:
+    """The file's sha256, from the cache when the file is unchanged, else hashed (and remembered)."""
     path = Path(path).resolve()
     cache = cache_file()
     stamp = _stamp(path)
@@ -50,16 +50,29 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         known = _load(cache).get(str(path))
         if known and known.get("stamp") == stamp:
             return known["sha256"]
+    value = sha256_content(path)
+    if cache is not None and _stamp(path) == stamp:  # unchanged while we read it
+        _remember(cache, str(path), stamp, value)
+    return value
+
+
+def sha256_content(path: Path, chunk: int = 1 << 20) -> str:
+    """Hash every byte, with a small reused buffer (no memory-mapping, so it does not inflate resident memory)."""
     digest = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
     with open(path, "rb") as f:
         while n := f.readinto(buf):
             digest.update(view[:n])
-    value = digest.hexdigest()
-    if cache is not None and _stamp(path) == stamp:  # unchanged while we read it
-        _remember(cache, str(path), stamp, value)
-    return value
+    return digest.hexdigest()
+
+
+def remember_sha256(path: Path, value: str) -> None:
+    """Record a hash computed elsewhere (a soup hashed as it was written, before its rename into place)."""
+    cache = cache_file()
+    if cache is not None:
+        path = Path(path).resolve()
+        _remember(cache, str(path), _stamp(path), value)
 
 
 def checkpoint_sha256(files: list) -> str:

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from ladle.io.checkpoints import TensorInfo
 from ladle.io.dtypes import dtype_name, itemsize, to_numpy
+from ladle.io.hashing import remember_sha256, sha256_content
 from ladle.errors import LadleError
 
 TMP_MARK = ".ladle-tmp-"
@@ -148,8 +150,10 @@ class OutputFile:
         if begin + done == end:
             self.missing.discard(key)
 
-    def close(self, metadata: dict[str, str]) -> None:
-        """Write the header, fsync, close. Every planned tensor must have been put."""
+    def close(self, metadata: dict[str, str], hash_content: bool = False) -> str | None:
+        """Write the header, fsync, close. Every planned tensor must have been put. With `hash_content`, return the
+        file's sha256, computed from the page cache while fsync waits for the disk (the bytes are final once the
+        header is in)."""
         if self.missing:
             raise RuntimeError(f"writer finished without tensor {sorted(self.missing)[0]}")
         try:
@@ -158,8 +162,11 @@ class OutputFile:
             self._grow_header(header_bytes(self.entries, metadata))
         else:
             _pwrite_all(self.fd, memoryview(head), 0)
-        os.fsync(self.fd)
-        self._close_fd()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            digest = pool.submit(sha256_content, self.path) if hash_content else None
+            os.fsync(self.fd)
+            self._close_fd()
+            return digest.result() if digest else None
 
     def _grow_header(self, head: bytes) -> None:
         """The metadata outgrew the reserved space: a new file with the larger header, the data copied behind it."""
@@ -296,6 +303,7 @@ class SoupWriter:
         self.shards = self._plan_shards(infos)
         self.shard_of = {k: i for i, keys in enumerate(self.shards) for k in keys}
         self.sha256: dict[str, str] = {}
+        self.shard_sha256: dict[int, str] = {}  # of directory shards, hashed as each is closed
         sweep_stale_temporaries(self.out)
         self.tmp = self.out.with_name(f".{self.out.name}{TMP_MARK}{os.getpid()}")
         if not self.is_file:
@@ -340,21 +348,22 @@ class SoupWriter:
         shard = self.files[self.shard_of[key]]
         shard.put(key, tensor)
         if not self.is_file and not shard.missing:
-            shard.close({"format": "pt"})  # a full shard is finished now: its header holds no manifest
+            # a full shard is finished now: its header holds no manifest
+            self.shard_sha256[self.shard_of[key]] = shard.close({"format": "pt"}, hash_content=self.hash_output)
 
     def finish(self, manifest: dict, extras: dict[str, Path | str] | None = None) -> dict[str, str]:
         """Write the header(s), the index and the manifest, then rename into place. Returns sha256 by file
         (empty with hash_output=False). `extras` (directory outputs): more files by name, copied byte for byte from
         a path or written from text (config, tokenizer, model card), inside the same atomic rename."""
-        from ladle.io.hashing import sha256_file
-
         manifest_text = json.dumps(manifest, indent=2, sort_keys=False, default=str)
         if self.is_file:
-            self.files[0].close({"format": "pt", MANIFEST_KEY: manifest_text})
+            digest = self.files[0].close({"format": "pt", MANIFEST_KEY: manifest_text}, hash_content=self.hash_output)
             os.replace(self.tmp, self.out)
             _fsync_dir(self.out.parent)
             write_text_atomic(self.out.with_name(self.out.name + ".json"), manifest_text + "\n")
-            self.sha256 = {self.out.name: sha256_file(self.out)} if self.hash_output else {}
+            if self.hash_output:
+                remember_sha256(self.out, digest)  # the next soup that reads this file finds it hashed
+                self.sha256 = {self.out.name: digest}
             return self.sha256
         unfinished = [f for f in self.files if f.missing]
         if unfinished:
@@ -387,8 +396,9 @@ class SoupWriter:
             os.rename(self.tmp, self.out)
         _fsync_dir(self.out.parent)
         if self.hash_output:
-            names = [self.shard_name(i) for i in range(len(self.shards))]
-            self.sha256 = {name: sha256_file(self.out / name) for name in names}
+            for i, digest in sorted(self.shard_sha256.items()):
+                remember_sha256(self.out / self.shard_name(i), digest)
+                self.sha256[self.shard_name(i)] = digest
         return dict(self.sha256)
 
     def abort(self) -> None:
