@@ -85,14 +85,20 @@ def add_scaled_(acc: np.ndarray, x: np.ndarray, w: float = 1.0) -> np.ndarray:
             kernel, args = _power_of_two_blocks, (w32, np.uint32((k + 1) << 23) if k else np.uint32(0))
         else:
             kernel, args = _fused_blocks, (np.float64(w32),)  # torch rounds alpha to the tensor's dtype
-    if a.size < PARALLEL_MIN or THREADS == 1:
-        kernel(a, b, *args)
-        return acc
-    step = -(-a.size // THREADS // BLOCK) * BLOCK
-    jobs = [_pool().submit(kernel, a[i : i + step], b[i : i + step], *args) for i in range(0, a.size, step)]
+    in_parallel(kernel, a, b, *args)
+    return acc
+
+
+def in_parallel(kernel, out: np.ndarray, x: np.ndarray, *args) -> None:
+    """kernel(out, x, *args) on flat arrays, split into one contiguous range per thread when they are large
+    (numpy lets go of the GIL, so the ranges run at once)."""
+    if out.size < PARALLEL_MIN or THREADS == 1:
+        kernel(out, x, *args)
+        return
+    step = -(-out.size // THREADS // BLOCK) * BLOCK
+    jobs = [_pool().submit(kernel, out[i : i + step], x[i : i + step], *args) for i in range(0, out.size, step)]
     for job in jobs:
         job.result()
-    return acc
 
 
 THREADS = min(4, os.cpu_count() or 1)
@@ -151,9 +157,20 @@ def scale_(acc: np.ndarray, w: float) -> np.ndarray:
     return np.multiply(acc, acc.dtype.type(w), out=acc)
 
 
-def converted(x: np.ndarray, dtype) -> np.ndarray:
-    """A fresh copy of x in `dtype` (the accumulator: x's own memory is never written)."""
-    return np.array(x, dtype=dtype, copy=True)
+def converted(x: np.ndarray, dtype, w: float = 1.0) -> np.ndarray:
+    """A fresh copy of w·x in `dtype`, rounded once (as torch's `x.to(dtype).mul_(w)`; x's memory is never
+    written); a narrower dtype is rounded to nearest even, as torch's `.to`."""
+    dtype = np.dtype(dtype)
+    out = np.empty(x.shape, dtype)
+    in_parallel(_scaled_copy, _flat(out), _flat(x), dtype.type(w))
+    return out
+
+
+def _scaled_copy(out: np.ndarray, x: np.ndarray, w) -> None:
+    if w == 1:
+        np.copyto(out, x, casting="unsafe")
+    else:
+        np.multiply(x, w, out=out, dtype=out.dtype)
 
 
 @torch_aware
@@ -162,9 +179,7 @@ def weighted_sum(tensors: Iterable[np.ndarray], weights: Sequence[float], accumu
     acc = None
     for x, w in zip(tensors, weights, strict=True):
         if acc is None:
-            acc = converted(x, accumulator_dtype(x.dtype, accumulate))
-            if w != 1.0:
-                scale_(acc, w)
+            acc = converted(x, accumulator_dtype(x.dtype, accumulate), w)
         else:
             add_scaled_(acc, x, w)
     if acc is None:

@@ -8,6 +8,7 @@ import numpy as np
 from ladle.errors import LadleError
 from ladle.io.checkpoints import Ingredient
 from ladle.io.dtypes import is_float, numpy_dtype
+from ladle.soup.mixing import converted
 
 
 def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredient | None = None, *,
@@ -33,7 +34,8 @@ def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredie
                 if base_t is not None:
                     _check_finite(base_t, base_ing, key, reject_nonfinite)
                 tensor = plan.mix(key, _reader(ings, key, reject_nonfinite, part), base_t, accumulate)
-                tensor = tensor.astype(numpy_dtype(dtype), copy=False)  # round to nearest even, as torch's .to
+                if tensor.dtype != numpy_dtype(dtype):
+                    tensor = converted(tensor, numpy_dtype(dtype))  # rounds to nearest even, as torch's .to
                 del base_t
                 for ing in everyone:
                     ing.release(key)
