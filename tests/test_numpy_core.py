@@ -215,6 +215,7 @@ def test_fixed_weight_commands_never_import_torch(tmp_path):
                           ("slerp", [])]:
         ingredients = [base, a] if recipe == "interpolate" else [a, b]
         commands.append(["cook", recipe, *ingredients, *extra, "-o", str(tmp_path / f"{recipe}.safetensors")])
+    commands.append(["cook", "uniform", a, b, "-o", str(tmp_path / "directory-soup")])  # sharded layout, model card
     script = ("import sys, ladle.cli\n"
               "rc = ladle.cli.main(sys.argv[1:])\n"
               "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -222,7 +223,7 @@ def test_fixed_weight_commands_never_import_torch(tmp_path):
     for argv in commands:
         run = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, (argv, run.stderr[-500:])
-    assert (tmp_path / "ties.safetensors").exists()
+    assert (tmp_path / "ties.safetensors").exists() and (tmp_path / "directory-soup" / "README.md").exists()
 
 
 @pytest.mark.parametrize("w", [1 / 16, -0.5, 1.0, 2.0, 0.3])
