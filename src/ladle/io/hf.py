@@ -60,11 +60,12 @@ def plan_carry(sources: list, config_from=None) -> Carried:
         if chosen is None:
             raise LadleError("config_from: not a directory (give the Hugging Face folder whose config and tokenizer "
                              "the soup should carry)", file=config_from)
-    differences = compare_configs(directories, chosen)
     source = chosen or (directories[0] if directories else None)
     if source is None:
         return Carried()
-    return Carried(source, carried_files(source), read_config(source), differences)
+    config = read_config(source)
+    differences = compare_configs(source, config, directories, refuse=chosen is None)
+    return Carried(source, carried_files(source), config, differences)
 
 
 def source_directory(source) -> Path | None:
@@ -122,14 +123,13 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def compare_configs(directories: list[Path], chosen: Path | None = None) -> list[dict]:
-    """Check the ingredients' configs against the one the soup carries (`chosen`, from --config-from, else the
-    first directory's); return the differences that are allowed.
+def compare_configs(reference_dir: Path, reference: dict | None, directories: list[Path], refuse: bool) -> list[dict]:
+    """Check the ingredients' configs against `reference`, the one the soup carries (from `reference_dir`); return
+    the differences that are allowed.
 
-    Without `chosen`, a difference in a field that shapes the weights is refused in one line naming both files and
-    the field; with it, every difference is allowed. Each allowed difference is returned for the manifest."""
-    reference_dir = chosen or (directories[0] if directories else None)
-    reference = read_config(reference_dir) if reference_dir else None
+    With `refuse` (no --config-from), a difference in a field that shapes the weights is refused in one line naming
+    both files and the field; otherwise every difference is allowed. Each allowed difference is returned for the
+    manifest."""
     if reference is None:
         return []
     reference_path, ref = reference_dir / CONFIG, flatten(reference)
@@ -143,7 +143,7 @@ def compare_configs(directories: list[Path], chosen: Path | None = None) -> list
             a, b = ref.get(field, "<missing>"), other.get(field, "<missing>")
             if a == b:
                 continue
-            if chosen is None and shapes_weights(field):
+            if refuse and shapes_weights(field):
                 raise LadleError(f"field '{field}' is {_short(b)} here but {_short(a)} in {reference_path}: the "
                                  "configs disagree on the weights' shapes (--config-from DIR says which config the "
                                  "soup carries)", file=path)
@@ -184,8 +184,9 @@ def model_card(manifest: dict, title: str, command: list[str] | None, config: di
     if manifest.get("base"):
         front["base_model"] = manifest["base"]["path"]
     front["tags"] = ["model-soup", "ladle", manifest["recipe"]]
-    if library_name(config):
-        front["library_name"] = library_name(config)
+    library = library_name(config)
+    if library:
+        front["library_name"] = library
     ings = manifest["ingredients"]
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", "",
              f"A model soup of {len(ings)} checkpoints, made by ladle {manifest['versions']['ladle']}: recipe "

@@ -9,12 +9,11 @@ The functions also take torch tensors (CPU, sharing memory) and then return tens
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-
-import functools
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -189,12 +188,7 @@ def weighted_sum(tensors: Iterable[np.ndarray], weights: Sequence[float], accumu
 
 def sum_of_squares(x: np.ndarray) -> float:
     """Σ x² in float64, through cache-sized blocks (no float64 copy of x)."""
-    total = 0.0
-    b = _flat(x)
-    for i in range(0, b.size, BLOCK):
-        part = b[i : i + BLOCK].astype(np.float64)
-        total += float(np.dot(part, part))
-    return total
+    return _dot(x, x)
 
 
 def normalize_weights(weights: Sequence[float]) -> list[float]:
@@ -291,12 +285,7 @@ def task_arithmetic(base: np.ndarray, deltas: Iterable[np.ndarray], lambda_: flo
 
     Summing task vectors, not λ·θᵢ with a base weight 1 − nλ: the weights' cancellation would cost
     n roundings of |θ| instead of roundings of the (much smaller) |τ|."""
-    total = None
-    for d in deltas:
-        if total is None:
-            total = d
-        else:
-            total += d
+    total = _sum_into_first(deltas)
     if total is None:
         raise ValueError("task arithmetic needs at least one task vector")
     scale_(total, lambda_)
@@ -356,12 +345,7 @@ def ties_merge(deltas: Callable[[], Iterable[np.ndarray]]) -> tuple[np.ndarray, 
     majority of the other entries' elected signs; no sign is symmetric under negating every δ).
     Pass 2 averages, per entry, the nonzero δᵢ whose sign agrees: Σ agreeing / their count, 0 where none agrees.
     Returns (merged, nonzero entries kept over all δᵢ, those of them dropped by the sign election)."""
-    total = None
-    for d in deltas():
-        if total is None:
-            total = d
-        else:
-            total += d
+    total = _sum_into_first(deltas())
     if total is None:
         raise ValueError("TIES needs at least one task vector")
     sign = np.sign(total).astype(np.int8)
@@ -443,9 +427,21 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float, accumulate=np.float32) -> tupl
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Σ a·b in float64, through cache-sized blocks."""
+    """Σ a·b in float64, through cache-sized blocks (each block converted once when a is b)."""
     total = 0.0
     fa, fb = _flat(a), _flat(b)
     for i in range(0, fa.size, BLOCK):
-        total += float(np.dot(fa[i : i + BLOCK].astype(np.float64), fb[i : i + BLOCK].astype(np.float64)))
+        pa = fa[i : i + BLOCK].astype(np.float64)
+        total += float(np.dot(pa, pa if b is a else fb[i : i + BLOCK].astype(np.float64)))
+    return total
+
+
+def _sum_into_first(arrays: Iterable[np.ndarray]) -> np.ndarray | None:
+    """Σ arrays, added into the first one (consumed); None when there is none."""
+    total = None
+    for d in arrays:
+        if total is None:
+            total = d
+        else:
+            total += d
     return total
