@@ -6,6 +6,9 @@ KL, disagreement, logit MSE, linear CKA). With a store of earlier grid results, 
 "gain > 0" on the same measures (standardised) turns them into a probability; it is calibrated by construction on
 the pairs it was fit on, and its cross-validated Brier score says how far to trust it. Without a store: the
 measures beside the paper's reference correlations.
+
+The measuring (weight Gram matrices, model outputs) and the reading of a stored grid live here, not in the grid
+study that also uses them: analysis sits below studies, and importing the study from here made a circle.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ def pair_measures(a, b, *, base=None, model: str | None = None, data: str | None
     """The similarity measures of two checkpoints (weights always; predictions when model and data are given)."""
     from ladle.evaluation.similarity import pairwise_from_gram, prediction_measures
     from ladle.io.checkpoints import open_ingredient
-    from ladle.studies.grid import model_outputs, weight_grams
 
     paths = [str(a), str(b)]
     exclude = {k for k in open_ingredient(paths[0]).keys() if BN_STATISTICS.search(k)}
@@ -57,11 +59,110 @@ def _evaluator(model, data, image_size, num_classes, device, seed):
     return Evaluator(net, splits, mean=spec.mean, std=spec.std, device=device or default_device()), split
 
 
+def weight_grams(paths: list[str], exclude: set[str], *, base=None, chunk: int = 1 << 20):
+    """Gram matrices (float64) of the models' float weights, BatchNorm running statistics excluded, and of their
+    task vectors when a base is given; streamed tensor by tensor, `chunk` elements at a time (memory: N × chunk)."""
+    import torch
+
+    from ladle.io.checkpoints import open_ingredient, open_ingredients
+
+    ings = open_ingredients(paths)
+    stock = open_ingredient(base) if base is not None else None
+    n = len(ings)
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    task = torch.zeros(n, n, dtype=torch.float64) if stock is not None else None
+    for k in ings[0].keys():
+        if k in exclude or k.endswith("num_batches_tracked") or not ings[0].get(k).is_floating_point():
+            continue
+        if stock is not None and k not in stock.keys():
+            raise LadleError("the base has no such tensor", file=stock.name, key=k)
+        flat = [ing.get(k).reshape(-1) for ing in ings]
+        ref = stock.get(k).reshape(-1) if stock is not None else None
+        for s in range(0, flat[0].numel(), chunk):
+            x = torch.stack([f[s : s + chunk].double() for f in flat])
+            gram += x @ x.T
+            if ref is not None:
+                x -= ref[s : s + chunk].double()
+                task += x @ x.T
+    return gram, task
+
+
+def model_outputs(ev, split: str, paths, examples: int):
+    """Each model's logits and penultimate features (the input of its classifier) on the first `examples` images
+    of a split: what the prediction similarities compare."""
+    import torch
+
+    from ladle.io.checkpoints import open_ingredient
+    from ladle.models.encoder import classifier_of
+
+    head = classifier_of(ev.model)
+    captured = []
+    hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach().float().cpu()))
+    logits, features = [], []
+    try:
+        for path in paths:
+            ing = open_ingredient(path)
+            ev.prepare({k: ing.get(k) for k in ing.keys()}, source=path)
+            captured.clear()
+            with torch.inference_mode():
+                x = ev.splits[split].x[:examples]
+                out = [ev.model(ev.normalise(x[i : i + ev.batch_size]).to(ev.device)).float().cpu()
+                       for i in range(0, len(x), ev.batch_size)]
+            logits.append(torch.cat(out))
+            features.append(torch.cat(captured).flatten(1))
+    finally:
+        hook.remove()
+    return logits, features
+
+
+def choose_grid(store, grid: str | None = None) -> dict:
+    """The grid asked for (a key or its prefix), or the store's only one."""
+    grids = store.grids()
+    if not grids:
+        raise LadleError("no grid in this results store (run `ladle grid … --db FILE` first)", file=store.path)
+    if grid is None:
+        if len(grids) > 1:
+            raise LadleError(f"{len(grids)} grids in this store: choose one with --grid "
+                             f"({', '.join(g['grid'][:12] for g in grids)})", file=store.path)
+        return grids[0]
+    found = [g for g in grids if g["grid"].startswith(grid)]
+    if len(found) != 1:
+        raise LadleError(f"grid '{grid}' {'is ambiguous' if found else 'is not in this store'}", file=store.path)
+    return found[0]
+
+
+def pairs_from_store(store, *, grid: str | None = None, alpha: float = 0.5):
+    """A grid's soups at one α, with their measures and the models' own figures, as a PairsTable."""
+    from ladle.analysis.pairs import PairsTable
+
+    chosen = choose_grid(store, grid)
+    key = chosen["grid"]
+    models = {r["model"]: r for r in store.grid_models(key)}
+    measures = {(r["a"], r["b"]): r["measures"] for r in store.grid_measures(key)}
+    soups = [r for r in store.grid_soups(key) if math.isclose(r["alpha"], alpha, abs_tol=1e-9)]
+    if not soups:
+        have = sorted({r["alpha"] for r in store.grid_soups(key)})
+        raise LadleError(f"grid {key[:12]} has no soups at α = {alpha}"
+                         + (f" (it has α = {', '.join(f'{a:g}' for a in have)})" if have else ""), file=store.path)
+    name = {sha: r["name"] for sha, r in models.items()}
+
+    def value(x):
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+    pairs = [{"a": name[r["a"]], "b": name[r["b"]], "soup_accuracy": r["accuracy"], "soup_loss": value(r["loss"]),
+              "soup_corrupted_accuracy": value(r["corrupted_accuracy"]),
+              "soup_corrupted_loss": value(r["corrupted_loss"]),
+              "measures": {k: value(v) for k, v in measures.get((r["a"], r["b"]), {}).items()}} for r in soups]
+    table_models = {r["name"]: {"accuracy": r["accuracy"], "loss": value(r["loss"]),
+                                "corrupted_accuracy": value(r["corrupted_accuracy"]),
+                                "corrupted_loss": value(r["corrupted_loss"]), "branch_epoch": r["branch_epoch"],
+                                "variant": r["variant"]} for r in models.values()}
+    return PairsTable(pairs, table_models, chosen["settings"].get("num_classes"), f"{store.path} (grid {key[:12]})")
+
+
 def predict_gain(measures: dict[str, float], store, *, grid: str | None = None, alpha: float = 0.5) -> dict:
     """P(soup gain > 0) from a logistic fit on a stored grid's pairs, on the measures both have."""
     import numpy as np
-
-    from ladle.studies.grid import pairs_from_store
 
     table = pairs_from_store(store, grid=grid, alpha=alpha)
     names = [m for m in measures if _finite(measures[m]) and all(_finite(p["measures"].get(m)) for p in table.pairs)]

@@ -14,6 +14,8 @@ import os
 import threading
 from pathlib import Path
 
+from ladle.io.atomic import write_text_atomic
+
 _lock = threading.Lock()
 
 
@@ -83,8 +85,6 @@ def checkpoint_sha256(files: list) -> str:
 
 
 def _remember(cache: Path, path: str, stamp: str, value: str) -> None:
-    from ladle.io.writer import write_text_atomic
-
     with _lock:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)

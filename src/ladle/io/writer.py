@@ -14,17 +14,16 @@ import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from ladle.io.atomic import TMP_MARK, atomic_file, write_text_atomic  # noqa: F401  (atomic_file: callers import it from here)
 from ladle.io.checkpoints import TensorInfo
 from ladle.io.dtypes import dtype_name, itemsize, to_numpy
 from ladle.io.hashing import remember_sha256, sha256_content
 from ladle.errors import LadleError
 
-TMP_MARK = ".ladle-tmp-"
 MANIFEST_KEY = "ladle_manifest"
 DIR_MANIFEST = "ladle.json"
 
@@ -210,26 +209,6 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while len(data):
         n = os.pwrite(fd, data[: 1 << 30], offset)
         data, offset = data[n:], offset + n
-
-
-@contextmanager
-def atomic_file(path: Path, mode: str = "wb"):
-    """Open a temporary beside `path`; on a clean exit fsync it and rename it into place, else remove it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_file(path, "w") as f:
-        f.write(text)
 
 
 def _fsync_dir(path: Path) -> None:
