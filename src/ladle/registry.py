@@ -41,17 +41,20 @@ class Registry(Generic[T]):
 
         return add(entry) if entry is not None else add
 
-    def get(self, name: str) -> T:
-        """The entry registered under `name`, or the object `package.module:name` names; one line otherwise."""
+    def get(self, name: str, where: str = "") -> T:
+        """The entry registered under `name`, or the object `package.module:name` names; one line otherwise.
+
+        `where` (e.g. "recipe", or "FILE:LINE: field 'recipe'") starts the line, so a caller needs no try/except."""
         if name in self._entries:
             return self._entries[name]
+        prefix = f"{where}: " if where else ""
         if self.importable and ":" in name and not name.startswith(":"):
             module_name, _, attr = name.partition(":")
             try:
                 return getattr(importlib.import_module(module_name), attr)
             except (ImportError, AttributeError, ValueError) as e:
-                raise LadleError(f"{self.kind}: cannot import '{name}': {e}") from None
-        raise LadleError(f"unknown {self.kind} '{name}' (known: {', '.join(self._entries) or 'none'}"
+                raise LadleError(f"{prefix or self.kind + ': '}cannot import '{name}': {e}") from None
+        raise LadleError(f"{prefix}unknown {self.kind} '{name}' (known: {', '.join(self._entries) or 'none'}"
                          + (", or package.module:name)" if self.importable else ")"))
 
     def names(self) -> list[str]:
@@ -59,6 +62,9 @@ class Registry(Generic[T]):
 
     def items(self):
         return self._entries.items()
+
+    def values(self):
+        return self._entries.values()
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

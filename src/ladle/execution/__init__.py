@@ -12,8 +12,9 @@ import re
 
 from ladle.errors import LadleError
 from ladle.execution.base import Executor
+from ladle.registry import Registry
 
-SPECS = "local, local:N, ray or ray:HOST:PORT"
+EXECUTORS = Registry("executor", importable=False)  # kind -> factory(the spec after the first colon or None, workers)
 
 
 def make_executor(spec: str | Executor | None = None, workers: int | None = None) -> Executor:
@@ -23,21 +24,27 @@ def make_executor(spec: str | Executor | None = None, workers: int | None = None
     """
     if spec is not None and not isinstance(spec, str):
         return spec
-    spec = (spec or "local").strip()
-    kind, _, rest = spec.partition(":")
-    if kind == "local":
-        if (rest or spec.endswith(":")) and not re.fullmatch(r"[1-9][0-9]*", rest):
-            raise LadleError(f"executor: '{spec}' is not local or local:N (N a number of workers, at least 1)")
-        from ladle.execution.local import LocalExecutor
+    kind, colon, rest = (spec or "local").strip().partition(":")
+    return EXECUTORS.get(kind, where="executor")(rest if colon else None, workers)
 
-        return LocalExecutor(int(rest) if rest else workers)
-    if kind == "ray":
-        if spec.endswith(":") or (rest and not _cluster_address(rest)):
-            raise LadleError(f"executor: '{spec}' is not ray or ray:HOST:PORT (e.g. ray:10.0.0.5:6379, ray:auto)")
-        from ladle.execution.ray import RayExecutor
 
-        return RayExecutor(address=rest or None)
-    raise LadleError(f"executor: unknown executor '{spec}' ({SPECS})")
+@EXECUTORS.register("local")
+def _local(rest: str | None, workers: int | None) -> Executor:
+    if rest is not None and not re.fullmatch(r"[1-9][0-9]*", rest):
+        raise LadleError(f"executor: 'local:{rest}' is not local or local:N (N a number of workers, at least 1)")
+    from ladle.execution.local import LocalExecutor
+
+    return LocalExecutor(int(rest) if rest else workers)
+
+
+@EXECUTORS.register("ray")
+def _ray(rest: str | None, workers: int | None) -> Executor:
+    """Ray sizes itself: `workers` is not used."""
+    if rest is not None and not _cluster_address(rest):
+        raise LadleError(f"executor: 'ray:{rest}' is not ray or ray:HOST:PORT (e.g. ray:10.0.0.5:6379, ray:auto)")
+    from ladle.execution.ray import RayExecutor
+
+    return RayExecutor(address=rest or None)
 
 
 def _cluster_address(text: str) -> bool:
@@ -45,4 +52,4 @@ def _cluster_address(text: str) -> bool:
     return text == "auto" or re.fullmatch(r"(ray://)?[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}", text) is not None
 
 
-__all__ = ["Executor", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "make_executor"]

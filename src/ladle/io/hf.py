@@ -179,7 +179,7 @@ def model_card(manifest: dict, title: str, command: list[str] | None, config: di
     from ladle.results.text import format_trace
     from ladle.soup.recipes import RECIPES
 
-    recipe = RECIPES.get(manifest["recipe"])
+    recipe = RECIPES[manifest["recipe"]] if manifest["recipe"] in RECIPES else None
     front: dict = {}
     if manifest.get("base"):
         front["base_model"] = manifest["base"]["path"]

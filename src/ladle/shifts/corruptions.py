@@ -37,17 +37,17 @@ from ladle.progress import progress_bar
 from ladle.shifts import laion_c
 from ladle.data.load import ImageSet, fingerprint
 from ladle.errors import LadleError
+from ladle.registry import Registry
 
 IMAGENET_C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
               "jpeg_compression")
 IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-SUITES = {
-    "imagenet-c": IMAGENET_C,
-    "imagenet-c-extra": IMAGENET_C_EXTRA,
-    "imagenet-c-all": IMAGENET_C + IMAGENET_C_EXTRA,
-    "laion-c": laion_c.FAMILIES,
-}
+SUITES: Registry[tuple[str, ...]] = Registry("suite", importable=False)  # suite -> the corruptions it has
+SUITES.register("imagenet-c", IMAGENET_C)
+SUITES.register("imagenet-c-extra", IMAGENET_C_EXTRA)
+SUITES.register("imagenet-c-all", IMAGENET_C + IMAGENET_C_EXTRA)
+SUITES.register("laion-c", laion_c.FAMILIES)
 SEVERITIES = (1, 2, 3, 4, 5)
 LIBRARY_MIN_SIZE = 32
 CACHE_FORMAT = 1  # bump when the bytes a corruption produces change
@@ -78,12 +78,11 @@ class SuiteSpec:
 def parse_suite(text: str, severities: tuple[int, ...] = SEVERITIES) -> SuiteSpec:
     """`SUITE` or `SUITE:name,name`."""
     suite, _, names = text.partition(":")
-    if suite not in SUITES:
-        raise LadleError(f"corruptions: unknown suite '{suite}' (known: {', '.join(SUITES)})")
-    chosen = tuple(n.strip() for n in names.split(",") if n.strip()) or SUITES[suite]
+    known = SUITES.get(suite, where="corruptions")
+    chosen = tuple(n.strip() for n in names.split(",") if n.strip()) or known
     for n in chosen:
-        if n not in SUITES[suite]:
-            raise LadleError(f"corruptions: '{n}' is not in suite {suite} (it has: {', '.join(SUITES[suite])})")
+        if n not in known:
+            raise LadleError(f"corruptions: '{n}' is not in suite {suite} (it has: {', '.join(known)})")
     return SuiteSpec(suite, chosen, tuple(severities))
 
 
@@ -145,7 +144,7 @@ def _imagenet_c(x: torch.Tensor, name: str, severity: int, seeds: list[int]) -> 
 
 def corrupt_images(x: torch.Tensor, suite: str, name: str, severity: int, seed: int = 0) -> torch.Tensor:
     """Corrupted copies of float images (N, 3, H, W) in [0, 1], as uint8 (N, 3, H, W) of the same size."""
-    if name not in SUITES.get(suite, ()):
+    if name not in SUITES.get(suite, where="corruptions"):
         raise LadleError(f"corruptions: '{name}' is not in suite {suite}")
     if severity not in SEVERITIES:
         raise LadleError(f"severity: must be 1-5, got {severity}")

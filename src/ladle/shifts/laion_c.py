@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from ladle.errors import LadleError
+from ladle.registry import Registry
 
-FAMILIES = ("glitched", "mosaic", "stickers", "vertical_lines", "geometric_shapes", "luminance_checkerboard")
+DISTORTIONS = Registry("distortion", importable=False)  # family -> fn(x, level 0-4, rngs); FAMILIES at the end
 INTENSITIES = (1, 2, 3, 4, 5)
 PAPER_SIDE = 224  # the paper's pixel parameters are for 224×224 images
 
@@ -47,8 +48,7 @@ _CHUNK = 1 << 22  # candidate pixels per scatter when rasterising shapes
 def distort(images: torch.Tensor, family: str, intensity: int, seeds) -> torch.Tensor:
     """images: float (N, 3, H, W) in [0, 1], any device; seeds: N ints (one per image).
     Returns a new float tensor of the same shape, dtype and device, in [0, 1]."""
-    if family not in _FAMILY_FN:
-        raise LadleError(f"laion-c: unknown distortion '{family}' (known: {', '.join(FAMILIES)})")
+    fn = DISTORTIONS.get(family, where="laion-c")
     if isinstance(intensity, bool) or intensity not in INTENSITIES:
         raise LadleError(f"laion-c: intensity must be one of 1-5, got {intensity!r}")
     if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
@@ -61,7 +61,7 @@ def distort(images: torch.Tensor, family: str, intensity: int, seeds) -> torch.T
         return images.clone()
     x = images.to(torch.float64 if images.dtype == torch.float64 else torch.float32)
     rngs = [np.random.default_rng(s % (1 << 64)) for s in seeds]  # one stream per image: batch-independent
-    return _FAMILY_FN[family](x, intensity - 1, rngs).clamp(0, 1).to(images.dtype)
+    return fn(x, intensity - 1, rngs).clamp(0, 1).to(images.dtype)
 
 
 def _px(value_at_224: float, side: int) -> float:
@@ -73,6 +73,7 @@ def _params(rngs, draw, x: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.stack([draw(r) for r in rngs]), dtype=x.dtype, device=x.device)
 
 
+@DISTORTIONS.register("glitched")
 def _glitched(x, level, rngs):
     """Paper: glitch-this at level g with colour offset and scan lines. 2g horizontal bands (1 to H/4 rows)
     shift cyclically by up to g²% of the width (later bands win), one colour channel is rolled by up to 2g px,
@@ -117,6 +118,7 @@ def _mosaic_tile_px(side: int, level: int) -> int:
     return max(2, round(_px(_MOSAIC_TILE[level], side)))
 
 
+@DISTORTIONS.register("mosaic")
 def _mosaic(x, level, rngs):
     """Paper: cut the image into tiles (4-28 px at 224) and replace each by the thumbnail whose mean colour is
     nearest the tile's. Ours: the nearest library tile, shifted to the cell's exact mean colour. No randomness,
@@ -181,6 +183,7 @@ def _paint(x, cx, cy, groups, reach, inside, colour):
     return out.view_as(x)
 
 
+@DISTORTIONS.register("stickers")
 def _stickers(x, level, rngs):
     """Paper: paste 100-1200 overlapping 16 px thumbnails of other ImageNet images at random places (fully
     inside the image). Ours: the same counts and 16/224 of the side, with procedural thumbnails."""
@@ -196,6 +199,7 @@ def _stickers(x, level, rngs):
     return _paint(x, cx, cy, torch.zeros_like(cx, dtype=torch.long), lambda g: side / 2, inside, colour)
 
 
+@DISTORTIONS.register("vertical_lines")
 def _vertical_lines(x, level, rngs):
     """Paper: redraw the image as l vertical 1 px lines on black (224-60 lines; fewer is stronger). Each line
     takes the mean colour of its column band over `step` rows and bends left by up to 40 px where that mean
@@ -224,6 +228,7 @@ def _vertical_lines(x, level, rngs):
     return out.view_as(x)
 
 
+@DISTORTIONS.register("geometric_shapes")
 def _geometric_shapes(x, level, rngs):
     """Paper: draw 150-1000 triangles, squares, 5-point stars and circles of random colour, 6-15 px, anywhere
     (stars rotated at random, centred on their anchor). Ours: the same with sizes as fractions of the side."""
@@ -265,6 +270,7 @@ _SHAPE_TESTS = (  # pixel-centre offsets (dx, dy) from the centre that a shape o
 )
 
 
+@DISTORTIONS.register("luminance_checkerboard")
 def _luminance_checkerboard(x, level, rngs):
     """Paper: a 16×16 checkerboard (14 px cells at 224) whose cells are brightened and darkened in turn by a
     random amount per cell, 0-50/255 at intensity 1 up to 150-255/255 at 5, added to all channels, clipped."""
@@ -277,11 +283,5 @@ def _luminance_checkerboard(x, level, rngs):
     return x + (amount[:, rows][:, :, cols] * sign)[:, None]
 
 
-_FAMILY_FN = {
-    "glitched": _glitched,
-    "mosaic": _mosaic,
-    "stickers": _stickers,
-    "vertical_lines": _vertical_lines,
-    "geometric_shapes": _geometric_shapes,
-    "luminance_checkerboard": _luminance_checkerboard,
-}
+
+FAMILIES = tuple(DISTORTIONS)  # the paper's order, as defined above: glitched, mosaic, ..., luminance_checkerboard

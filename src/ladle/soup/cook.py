@@ -77,9 +77,7 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
     `params` are the recipe's own (see `ladle recipes`); `scorer` is required by recipes that taste candidate
     soups (greedy, learned, season: a ladle.evaluation.scorer.Taster). The options every recipe shares (base,
     include, exclude, dtype, …) are declared once in ladle.soup.options."""
-    if recipe not in RECIPES:
-        raise LadleError(f"recipe: unknown recipe '{recipe}' (known: {', '.join(sorted(RECIPES))})")
-    spec = RECIPES[recipe]
+    spec = RECIPES.get(recipe, where="recipe")
     options = cook_options(**{k: params.pop(k) for k in list(params) if k in OPTION_NAMES})
     base, force, include, exclude = options["base"], options["force"], options["include"], options["exclude"]
     if options["encoder_only"]:

@@ -64,9 +64,7 @@ def load_recipe_file(path: str | Path) -> tuple[dict, dict[str, int]]:
         if required not in data:
             raise LadleError(f"{path}: missing field '{required}'")
     name = data["recipe"]
-    if name not in RECIPES:
-        raise LadleError(f"{path}:{lines['recipe']}: field 'recipe': unknown recipe '{name}' (known: {', '.join(sorted(RECIPES))})")
-    recipe = RECIPES[name]
+    recipe = RECIPES.get(name, where=f"{path}:{lines['recipe']}: field 'recipe'")
     params = cook_params() + recipe.parameters + (tasting_params() if recipe.needs_scorer else [])
     by_field = {p.field: p for p in params}
     all_recipe_fields = {p.field for r in RECIPES.values() for p in r.parameters} | {p.field for p in tasting_params()}

@@ -1,10 +1,10 @@
 """One training loop: an objective, a BatchNorm policy, an optimiser and a schedule, all pluggable.
 
-Registries are plain dicts, one line per entry. An optimiser or schedule entry is a function whose keyword-only
-parameters with defaults are its hyper-parameters (sweep config fields, e.g. SGD's `momentum`); `lr` and
-`weight_decay` every run has. BatchNorm "frozen" keeps running statistics in eval mode while the affine
-parameters train: measured on the demo, that is what keeps ingredients from one stock in one basin, so that
-their soups beat them; "train" lets the statistics follow the batches.
+Registries (ladle.registry.Registry) take one decorator per entry. An optimiser or schedule entry is a function
+whose keyword-only parameters with defaults are its hyper-parameters (sweep config fields, e.g. SGD's
+`momentum`); `lr` and `weight_decay` every run has. BatchNorm "frozen" keeps running statistics in eval mode
+while the affine parameters train: measured on the demo, that is what keeps ingredients from one stock in one
+basin, so that their soups beat them; "train" lets the statistics follow the batches.
 """
 
 from __future__ import annotations
@@ -17,33 +17,46 @@ import torch
 from torch import nn
 from ladle.progress import progress_bar
 
-from ladle.errors import LadleError
 from ladle.evaluation.evaluator import channels_last
 from ladle.models.encoder import classifier_of
+from ladle.registry import Registry
 from ladle.training.objectives import Batch, CrossEntropy, Objective, knobs_of, make_objective
 
 
+# New entries go at the end: a sweep draws its listed fields in registry order (ladle.training.config), which
+# validates names against these registries, so none imports `package.module:name`.
+OPTIMISERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimiser", importable=False)
+SCHEDULES: Registry[Callable] = Registry("schedule", importable=False)
+BN_POLICIES: Registry[Callable[[nn.Module], None]] = Registry("BatchNorm policy", importable=False)
+
+
+@OPTIMISERS.register("adamw")
 def adamw(params, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+@OPTIMISERS.register("sgd")
 def sgd(params, *, lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = False) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
 
 
+@SCHEDULES.register("one_cycle")
 def one_cycle(optimizer, total_steps: int, *, lr: float):
     """Warm up to lr over the first 30% of steps, then anneal (cosine) to ~0."""
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
 
 
+@SCHEDULES.register("cosine")
 def cosine(optimizer, total_steps: int, *, lr: float):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
 
 
+@SCHEDULES.register("constant")
 def constant(optimizer, total_steps: int, *, lr: float):
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
+@BN_POLICIES.register("frozen")
 def freeze_batchnorm_statistics(model: nn.Module) -> None:
     """BatchNorm layers in eval mode: running statistics stay, affine parameters still train."""
     for m in model.modules():
@@ -51,38 +64,19 @@ def freeze_batchnorm_statistics(model: nn.Module) -> None:
             m.eval()
 
 
+@BN_POLICIES.register("train")
 def train_batchnorm_statistics(model: nn.Module) -> None:
     """BatchNorm as the model's train mode has it: batch statistics, running statistics updated."""
 
 
-# New entries go at the end: a sweep draws its listed fields in registry order (ladle.training.config).
-OPTIMISERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adamw": adamw,
-    "sgd": sgd,
-}
-SCHEDULES: dict[str, Callable] = {
-    "one_cycle": one_cycle,
-    "cosine": cosine,
-    "constant": constant,
-}
-BN_POLICIES: dict[str, Callable[[nn.Module], None]] = {
-    "frozen": freeze_batchnorm_statistics,
-    "train": train_batchnorm_statistics,
-}
-
-
 def optimiser(name: str, *, lr: float, weight_decay: float, **knobs) -> Callable[[list], torch.optim.Optimizer]:
     """params -> optimizer, from a registry name and its hyper-parameters."""
-    if name not in OPTIMISERS:
-        raise LadleError(f"optimiser: unknown optimiser '{name}' (known: {', '.join(OPTIMISERS)})")
-    return functools.partial(OPTIMISERS[name], lr=lr, weight_decay=weight_decay, **knobs)
+    return functools.partial(OPTIMISERS.get(name, where="optimiser"), lr=lr, weight_decay=weight_decay, **knobs)
 
 
 def schedule(name: str, *, lr: float, **knobs) -> Callable:
     """(optimizer, total_steps) -> LR scheduler, from a registry name and its hyper-parameters."""
-    if name not in SCHEDULES:
-        raise LadleError(f"schedule: unknown schedule '{name}' (known: {', '.join(SCHEDULES)})")
-    return functools.partial(SCHEDULES[name], lr=lr, **knobs)
+    return functools.partial(SCHEDULES.get(name, where="schedule"), lr=lr, **knobs)
 
 
 @contextlib.contextmanager
@@ -110,9 +104,7 @@ def train(model: nn.Module, objective: Objective, data, *, optimiser: Callable, 
     objective's heads) is seeded with it too, and the caller's RNG state is restored afterwards. `params`
     defaults to every model parameter that requires grad.
     """
-    if isinstance(bn, str) and bn not in BN_POLICIES:
-        raise LadleError(f"bn: unknown BatchNorm policy '{bn}' (known: {', '.join(BN_POLICIES)})")
-    bn_policy = BN_POLICIES[bn] if isinstance(bn, str) else bn
+    bn_policy = BN_POLICIES.get(bn, where="bn") if isinstance(bn, str) else bn
     steps_per_epoch = -(-len(data) // batch_size)
     total_steps = min(epochs * steps_per_epoch, max_steps or 1 << 62)
     mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)

@@ -1,4 +1,5 @@
-"""The recipe registry. A recipe is one file in this folder with one `@recipe(...)` line; every file is imported.
+"""The recipe registry (a ladle.registry.Registry of `Recipe`s). A recipe is one file in this folder with one
+`@recipe(...)` line; every file is imported.
 
 A recipe is a function `(n, **params) -> plan`, where a plan mixes the N tensors stored under one key
 (`Plan`: fixed weights; or any object with `mix(key, tensors, base, accumulate)`, `weights`, `base_weight`,
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ladle.registry import Registry
 from ladle.soup.schema import Param, params_of, validate
 
 BASE_NONE, BASE_REQUIRED, BASE_OPTIONAL = "none", "required", "optional"
@@ -82,7 +84,8 @@ class Recipe:
         return validate(self.parameters, values, f"recipe '{self.name}'", where)
 
 
-RECIPES: dict[str, Recipe] = {}
+# Not importable by `package.module:name`: a recipe is a Recipe built by @recipe, not a bare function.
+RECIPES: Registry[Recipe] = Registry("recipe", importable=False)
 
 
 def recipe(name: str, *, base: str = BASE_NONE, reference: str = "", scores_on: str = "heldout"):
@@ -91,7 +94,7 @@ def recipe(name: str, *, base: str = BASE_NONE, reference: str = "", scores_on: 
     def register(fn):
         summary = (fn.__doc__ or "").strip().splitlines()[0]
         params, capabilities = params_of(fn)
-        RECIPES[name] = Recipe(name, fn, base, summary, reference, params, capabilities, scores_on)
+        RECIPES.register(name, Recipe(name, fn, base, summary, reference, params, capabilities, scores_on))
         return fn
 
     return register

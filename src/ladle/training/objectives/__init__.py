@@ -4,12 +4,12 @@ Self-supervised (labels never read; the run's ingredient is the encoder): mocov3
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
 from torch import nn
 
 from ladle.errors import LadleError
+from ladle.registry import Registry
 from ladle.training.objectives.base import Batch, Objective
 from ladle.training.objectives.mae import MAE
 from ladle.training.objectives.masked import MaskedImage
@@ -18,29 +18,20 @@ from ladle.training.objectives.mocov3 import MoCoV3
 from ladle.training.objectives.supervised import CrossEntropy, random_shift
 
 # New entries go at the end: a sweep draws its listed fields in registry order (ladle.training.config).
-OBJECTIVES: dict[str, type[Objective]] = {
-    "cross_entropy": CrossEntropy,
-    "mocov3": MoCoV3,
-    "mmcr": MMCR,
-    "mae": MAE,
-    "masked": MaskedImage,
-}
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+OBJECTIVES.register("cross_entropy", CrossEntropy)
+OBJECTIVES.register("mocov3", MoCoV3)
+OBJECTIVES.register("mmcr", MMCR)
+OBJECTIVES.register("mae", MAE)
+OBJECTIVES.register("masked", MaskedImage)
 
 
 def objective_class(name: str) -> type[Objective]:
-    """A registered objective, or `package.module:Class`."""
-    if name in OBJECTIVES:
-        return OBJECTIVES[name]
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise LadleError(f"objective: cannot import '{name}': {e}") from None
-        if isinstance(cls, type) and issubclass(cls, nn.Module) and hasattr(cls, "loss"):
-            return cls
-        raise LadleError(f"objective: '{name}' is not an Objective class (an nn.Module with loss(model, batch))")
-    raise LadleError(f"objective: unknown objective '{name}' (known: {', '.join(OBJECTIVES)}, or package.module:Class)")
+    """A registered objective, or `package.module:Class` (how an objective outside ladle reaches workers)."""
+    cls = OBJECTIVES.get(name, where="objective")
+    if name in OBJECTIVES or (isinstance(cls, type) and issubclass(cls, nn.Module) and hasattr(cls, "loss")):
+        return cls
+    raise LadleError(f"objective: '{name}' is not an Objective class (an nn.Module with loss(model, batch))")
 
 
 def knobs_of(factory) -> dict[str, object]:

@@ -1,0 +1,289 @@
+"""Contract tests, one per registry, run over every entry (as timm's test_models.py runs over every model): a new
+recipe, corruption, objective, optimiser, schedule or executor is tested by being registered. Plus the one
+wording for unknown names, per registry."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ladle
+from ladle.cli.main import main
+from ladle.errors import LadleError
+from ladle.execution import EXECUTORS, make_executor
+from ladle.io.dtypes import numpy_dtype
+from ladle.models import small_resnet, tiny_cnn
+from ladle.shifts import laion_c
+from ladle.shifts.corruptions import SUITES, corrupt_images, parse_severities, parse_suite
+from ladle.soup.recipes import BASE_NONE, BASE_REQUIRED, RECIPES, Plan
+from ladle.soup.schema import Checkpoint, Size
+from ladle.training.loop import BN_POLICIES, OPTIMISERS, SCHEDULES, optimiser, schedule, train
+from ladle.training.objectives import OBJECTIVES, Batch, make_objective, objective_class
+
+# ---------------------------------------------------------------- recipes
+
+# a value for every required recipe parameter, for n ingredients: a new required parameter must be added here
+REQUIRED_VALUES = {"weights": lambda n: [1.0] * n, "alpha": lambda n: 0.5}
+# tasting recipes: settings that keep them to a second or two
+QUICK = {"learned": {"epochs": 1}, "self-season": {"epochs": 1},
+         "season": {"shots": 10, "grid": 2, "samples": 4}}
+PARAM_TYPES = (int, float, str, bool, list[float], list[str], Checkpoint, Size)
+SIZE = 8  # tasting recipes: digits at 8 px through ladle.models:tiny_cnn
+
+
+def params_for(name: str, n: int) -> dict:
+    recipe = RECIPES[name]
+    missing = [p.name for p in recipe.parameters if p.required and p.name not in REQUIRED_VALUES]
+    assert not missing, f"recipe '{name}': add a value for required parameter(s) {missing} to REQUIRED_VALUES"
+    return {p.name: REQUIRED_VALUES[p.name](n) for p in recipe.parameters if p.required} | QUICK.get(name, {})
+
+
+def tiny_arrays(n: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((3, 4)).astype(np.float32) for _ in range(n)], \
+        rng.standard_normal((3, 4)).astype(np.float32)
+
+
+def mixed(plan, xs: list[np.ndarray], base: np.ndarray | None) -> np.ndarray:
+    """What cook does for one key: the plan reads the tensors it asks for."""
+    return plan.mix("w", lambda indices: (xs[i] for i in indices), base, numpy_dtype(torch.float32))
+
+
+@pytest.fixture
+def scorer():
+    """A fresh one per recipe: tasting may narrow it (season keeps only its shots)."""
+    from ladle.evaluation.tasting import make_scorer
+
+    return make_scorer("ladle.models:tiny_cnn", ["digits:heldout"], image_size=SIZE, eval_batch_size=100)
+
+
+@pytest.fixture(scope="module")
+def cnn_states():
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append({k: v.clone() for k, v in tiny_cnn(10).state_dict().items()})
+    return states
+
+
+@pytest.fixture(scope="module")
+def recipes_listing() -> tuple[str, list[dict]]:
+    text, listed = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(text):
+        assert main(["recipes"]) == 0
+    with contextlib.redirect_stdout(listed):
+        assert main(["recipes", "--json"]) == 0
+    return text.getvalue(), json.loads(listed.getvalue())
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipe_declares_typed_documented_parameters(name):
+    recipe = RECIPES[name]
+    assert recipe.name == name and recipe.summary and recipe.reference
+    assert recipe.base in (BASE_NONE, BASE_REQUIRED, "optional")
+    for p in recipe.parameters:
+        assert p.help.strip(), f"{name}: parameter '{p.name}' has no help"
+        assert p.type in PARAM_TYPES or isinstance(p.type, tuple), f"{name}: parameter '{p.name}' type {p.type}"
+        if not p.required:
+            p.check(p.default, "")  # the default passes its own validation
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipe_is_listed_by_ladle_recipes(name, recipes_listing):
+    text, listed = recipes_listing
+    assert any(line.startswith(f"{name}: ") for line in text.splitlines())
+    entry = next(e for e in listed if e["name"] == name)
+    assert [p["name"] for p in entry["parameters"]] == [p.field for p in RECIPES[name].parameters]
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if not RECIPES[n].needs_scorer])
+def test_recipe_plan_mixes_two_tiny_tensors(name):
+    recipe = RECIPES[name]
+    xs, base = tiny_arrays(2)
+    plan = recipe.make_plan(2, **params_for(name, 2))
+    out = mixed(plan, xs, base if recipe.base != BASE_NONE else None)
+    assert out.shape == (3, 4) and np.isfinite(out).all()
+    if isinstance(plan, Plan) and plan.base_weight == 0.0 and recipe.base != BASE_REQUIRED:
+        # an average: one ingredient at weight 1 is itself, bit for bit
+        one = recipe.make_plan(1, **params_for(name, 1))
+        assert one.weights == [1.0]
+        assert np.array_equal(mixed(one, xs[:1], None), xs[0])
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if RECIPES[n].needs_scorer])
+def test_tasting_recipe_cooks_two_tiny_models(name, scorer, cnn_states):
+    soup = ladle.cook(name, cnn_states, scorer=scorer, **params_for(name, 2))
+    for key, value in cnn_states[0].items():
+        assert soup.state_dict[key].shape == value.shape
+        if value.is_floating_point():
+            assert torch.isfinite(soup.state_dict[key]).all(), key
+    assert math.isclose(sum(soup.manifest["weights"]), 1.0, rel_tol=1e-6)
+    # an average: one ingredient alone comes back bit for bit
+    alone = ladle.cook(name, cnn_states[:1], scorer=scorer, **params_for(name, 1)).state_dict
+    assert all(torch.equal(alone[k], v) for k, v in cnn_states[0].items())
+
+
+# ---------------------------------------------------------------- corruption suites
+
+CELLS = [(suite, name) for suite in SUITES for name in SUITES[suite]]
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """Two 32 px uint8 images (the smallest side imagecorruptions takes as it is)."""
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(2, 3, 32, 32, generator=g) * 255).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("suite, name", CELLS, ids=[f"{s}:{n}" for s, n in CELLS])
+def test_corruption_keeps_shape_and_dtype_and_is_seeded(suite, name, images):
+    assert parse_suite(f"{suite}:{name}").names == (name,)
+    x = images.float() / 255
+    out = corrupt_images(x, suite, name, severity=3, seed=7)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert torch.equal(corrupt_images(x, suite, name, severity=3, seed=7), out)
+    assert torch.equal(x, images.float() / 255)  # the input is left alone
+
+
+@pytest.mark.parametrize("family", list(laion_c.DISTORTIONS))
+def test_laion_c_distortion_is_registered_as_a_corruption(family):
+    assert family in SUITES["laion-c"]
+
+
+# ---------------------------------------------------------------- objectives, optimisers, schedules, BN policies
+
+MEAN, STD = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5)
+# objectives that do not fit ladle.models:tiny_cnn say what they need; their smallest fitting model is here
+MODELS = {"mae": lambda: __import__("timm").create_model(  # a ViT
+    "vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+    num_classes=10),
+          "masked": lambda: small_resnet(10, width=8)}  # a CNN with forward_features
+QUICK_KNOBS = {"mocov3": {"proj_dim": 16, "hidden_dim": 32}, "mmcr": {"proj_dim": 16, "hidden_dim": 32},
+               "mae": {"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}, "masked": {"patch_size": 4}}
+
+
+def tiny_data(n: int = 8, side: int = 16):
+    from ladle.data.load import ImageSet
+
+    g = torch.Generator().manual_seed(0)
+    return ImageSet(torch.rand(n, 3, side, side, generator=g), torch.arange(n) % 10, [str(i) for i in range(10)])
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_objective_gives_a_finite_loss_on_a_tiny_batch(name):
+    assert objective_class(name) is OBJECTIVES[name]
+    torch.manual_seed(0)
+    model = MODELS.get(name, lambda: tiny_cnn(10))()
+    objective = make_objective(name, **QUICK_KNOBS.get(name, {}))
+    data = tiny_data()
+    objective.setup(model, data)
+    batch = Batch(data.x, data.y, torch.Generator().manual_seed(0), MEAN, STD)
+    loss = objective.loss(model.train(), batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(OPTIMISERS))
+def test_optimiser_step_changes_the_parameters(name):
+    torch.manual_seed(0)
+    model = tiny_cnn(10)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = optimiser(name, lr=0.1, weight_decay=0.0)(list(model.parameters()))
+    x = tiny_data().x
+    model(x).square().mean().backward()
+    opt.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_schedule_drives_the_learning_rate_up_to_lr(name):
+    lr, steps = 0.1, 10
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = schedule(name, lr=lr)(opt, steps)
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        assert seen[-1] == sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+    assert all(0.0 <= s <= lr * (1 + 1e-9) for s in seen) and max(seen) == pytest.approx(lr, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", list(BN_POLICIES))
+def test_bn_policy_trains_a_tiny_model(name):
+    torch.manual_seed(0)
+    losses = train(tiny_cnn(10), make_objective("cross_entropy"), tiny_data(), bn=name, epochs=2, batch_size=8,
+                   seed=0, optimiser=optimiser("adamw", lr=1e-2, weight_decay=0.0),
+                   schedule=schedule("constant", lr=1e-2), mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+# ---------------------------------------------------------------- executors
+
+
+@pytest.fixture(scope="module")
+def running_ray():
+    """Ray on loopback with 2 CPU slots (started as ladle starts it); `make_executor("ray")` then joins it."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("another Ray is initialised in this process")
+    from ladle.execution.ray import RayExecutor
+
+    owner = RayExecutor(num_cpus=2)
+    yield
+    owner.close()
+    assert not ray.is_initialized()
+
+
+@pytest.fixture
+def executor_spec(request):
+    if request.param == "ray":
+        request.getfixturevalue("running_ray")
+    return request.param
+
+
+@pytest.mark.parametrize("executor_spec", list(EXECUTORS), indirect=True)
+def test_executor_maps_an_importable_function_in_order(executor_spec):
+    with make_executor(executor_spec, workers=2) as executor:
+        assert list(executor.map(parse_severities, ["5", "1-2", "3"])) == [(5,), (1, 2), (3,)]
+
+
+# ---------------------------------------------------------------- the one wording for unknown names
+
+
+def known(registry) -> str:
+    return ", ".join(registry)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: RECIPES.get("soupreme"), f"unknown recipe 'soupreme' (known: {known(RECIPES)})"),
+    (lambda: ladle.cook("soupreme", []), f"recipe: unknown recipe 'soupreme' (known: {known(RECIPES)})"),
+    (lambda: parse_suite("imagenet-x"), f"corruptions: unknown suite 'imagenet-x' (known: {known(SUITES)})"),
+    (lambda: laion_c.distort(torch.zeros(1, 3, 8, 8), "blur", 1, [0]),
+     f"laion-c: unknown distortion 'blur' (known: {known(laion_c.DISTORTIONS)})"),
+    (lambda: objective_class("simclr"),
+     f"objective: unknown objective 'simclr' (known: {known(OBJECTIVES)}, or package.module:name)"),
+    (lambda: objective_class("no_such_module:Thing"), "objective: cannot import 'no_such_module:Thing': "),
+    (lambda: objective_class("ladle.models:tiny_cnn"), "objective: 'ladle.models:tiny_cnn' is not an Objective"),
+    (lambda: optimiser("adam", lr=0.1, weight_decay=0.0),
+     f"optimiser: unknown optimiser 'adam' (known: {known(OPTIMISERS)})"),
+    (lambda: schedule("step", lr=0.1), f"schedule: unknown schedule 'step' (known: {known(SCHEDULES)})"),
+    (lambda: BN_POLICIES.get("sync", where="bn"), f"bn: unknown BatchNorm policy 'sync' (known: {known(BN_POLICIES)})"),
+    (lambda: make_executor("spark:3"), f"executor: unknown executor 'spark' (known: {known(EXECUTORS)})"),
+], ids=["recipe", "cook", "suite", "distortion", "objective", "objective-import", "objective-kind", "optimiser",
+        "schedule", "bn", "executor"])
+def test_an_unknown_name_is_one_line_naming_the_known_ones(call, says):
+    with pytest.raises(LadleError) as caught:
+        call()
+    assert str(caught.value).startswith(says) and "\n" not in str(caught.value)
+
+
+def test_an_objective_outside_ladle_is_imported_by_package_module_name():
+    assert objective_class("ladle.training.objectives.supervised:CrossEntropy") is OBJECTIVES["cross_entropy"]
