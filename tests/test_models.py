@@ -138,12 +138,19 @@ def test_factory_errors(spec, words):
         assert w in text
 
 
-def test_factory_that_is_not_callable_or_takes_no_num_classes():
+def test_factory_that_is_not_callable():
     with pytest.raises(LadleError, match="math:pi") as e:
         build_model("math:pi")
     assert "\n" not in str(e.value)
-    with pytest.raises(LadleError, match="torch.nn:ReLU") as e:
-        build_model("torch.nn:ReLU", 10)  # ReLU() takes no num_classes
+
+
+def test_factory_without_num_classes_is_called_without_it():
+    """A function whose signature has no num_classes builds its own head (the issue: it used to fail with
+    `cannot call 'mod:net' with num_classes=3`); one that takes it, or **kwargs, gets it."""
+    assert isinstance(build_model("torch.nn:ReLU", 10), torch.nn.ReLU)  # ReLU() takes no num_classes
+    assert build_model("ladle.models:tiny_cnn", 3)[-1].out_features == 3
+    with pytest.raises(LadleError, match="cannot call 'torch.nn:Linear'") as e:
+        build_model("torch.nn:Linear", 10)  # needs in_features / out_features: a real TypeError, still one line
     assert "\n" not in str(e.value)
 
 
@@ -155,7 +162,22 @@ def test_hf_directory_normalisation_from_preprocessor_config(tmp_path):
                                                                    "image_std": [0.4, 0.5, 0.6]}))
     spec = model_spec(str(tmp_path), 3)
     assert spec.mean == (0.1, 0.2, 0.3) and spec.std == (0.4, 0.5, 0.6)
-    assert model_spec(str(tmp_path / "nowhere")).mean == (0.5, 0.5, 0.5)
+    with pytest.raises(LadleError, match="nowhere' \\(use efficientnet-lite0, timm:NAME"):
+        model_spec(str(tmp_path / "nowhere"))  # not a folder, not a known kind: one line, not a silent default
+
+
+def test_hf_directory_preprocessing_from_its_image_processor(tmp_path):
+    """Resize, crop, resampling and normalisation as the image processor says (shortest edge: keep the aspect;
+    height/width: squash), at another resolution with --image-size (the crop fraction kept)."""
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True,
+        "resample": 3, "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}))
+    p = model_spec(str(tmp_path), 3).preprocess
+    assert (p.size, p.resize, p.interpolation, p.squash, p.origin) == (224, 256, "bicubic", False, "preprocessor_config.json")
+    assert (model_spec(str(tmp_path), 3, 112).preprocess.resize) == 128
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 32, "width": 32}, "resample": 2}))
+    p = model_spec(str(tmp_path), 3).preprocess
+    assert (p.size, p.resize, p.interpolation, p.squash) == (32, 32, "bilinear", True)
 
 
 def test_hf_directory_without_transformers(tmp_path):

@@ -41,7 +41,9 @@ def add_params(parser: argparse.ArgumentParser, params, skip: tuple[str, ...] = 
         default = "" if p.required else f" (default {_show(p.default)})"
         kwargs = {"dest": p.name, "default": None, "help": p.help + default}
         if p.type is bool:
-            if p.default is True:
+            if p.default is None:  # unset: the caller decides; --X and --no-X both override
+                parser.add_argument(p.flag, action=argparse.BooleanOptionalAction, **kwargs)
+            elif p.default is True:
                 kwargs["help"] = "do not " + p.help
                 parser.add_argument("--no-" + p.flag[2:], action="store_false", **kwargs)
             else:

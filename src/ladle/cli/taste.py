@@ -35,7 +35,10 @@ def run(args) -> int:
     from ladle.studies.taste import taste_specs, write_report
 
     db = args.db or (Path(args.report) / "results.sqlite" if args.report else None)
-    report = taste_specs(args.checkpoints, **given(args, _tasting()), bn=args.bn, uniform=args.uniform,
+    from ladle.spec import TastingSpec
+
+    tasting = TastingSpec.from_fields(given(args, _tasting()) | ({"bn": args.bn} if args.bn != "all" else {}))
+    report = taste_specs(args.checkpoints, tasting=tasting, bn=args.bn, uniform=args.uniform,
                          corruptions=args.corruptions or (), severities=args.severities,
                          corruption_seed=args.corruption_seed, corruption_cache=args.corruption_cache,
                          mce_baseline=args.mce_baseline, executor=args.executor or "local", db=db,
@@ -53,6 +56,6 @@ def run(args) -> int:
 
 def _tasting():
     """The tasting options but --bn, which taste extends with `all` (every policy side by side)."""
-    from ladle.evaluation.tasting import TASTING_OPTIONS
+    from ladle.spec import TASTING_OPTIONS
 
     return [q for q in TASTING_OPTIONS if q.name != "bn"]

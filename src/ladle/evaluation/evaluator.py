@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from ladle.progress import progress_bar
 
-from ladle.data.load import ImageSet, fingerprint
+from ladle.data.sets import ImageSet, fingerprint, unit
+from ladle.data.stream import StreamSet
 from ladle.errors import LadleError
-from ladle.evaluation.tasting import BN_POLICIES
+from ladle.spec import BN_POLICIES
 from ladle.models.specs import load_weights
 
 
@@ -46,6 +47,9 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, bins: int = 
         if inside.any():
             ece += inside.double().mean().item() * abs(confidence[inside].mean().item() - correct[inside].mean().item())
     return Metrics(correct.mean().item(), nll, ece, len(labels))
+
+
+AUTOCAST = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision
 
 
 def eval_batch_size(device) -> int:
@@ -122,23 +126,27 @@ def update_bn(batches: Iterable, model: nn.Module, device: torch.device | str | 
 class Evaluator:
     """Scores state dicts on named splits; one model, preprocessed data, cached logits."""
 
-    def __init__(self, model: nn.Module, splits: Mapping[str, ImageSet], *, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                 device: str | torch.device = "cpu", batch_size: int | None = None, bn: str = "average",
-                 bn_data: ImageSet | None = None, progress: bool = False, store=None, model_id: str | None = None):
+    def __init__(self, model: nn.Module, splits: Mapping[str, ImageSet | StreamSet], *, mean=(0.5, 0.5, 0.5),
+                 std=(0.5, 0.5, 0.5), device: str | torch.device = "cpu", batch_size: int | None = None,
+                 bn: str = "average", bn_data: ImageSet | StreamSet | None = None, progress: bool = False, store=None,
+                 model_id: str | None = None, precision: str = "fp32", workers: int | None = None):
         if bn not in BN_POLICIES:
             raise LadleError(f"bn: must be one of {', '.join(BN_POLICIES)}, got '{bn}'")
         if bn == "recalibrate" and bn_data is None:
             raise LadleError("bn: 'recalibrate' needs data to recompute BatchNorm statistics on")
+        if precision not in AUTOCAST:
+            raise LadleError(f"precision: must be one of {', '.join(AUTOCAST)}, got '{precision}'")
         self.device = torch.device(device)
         self.model = channels_last(model.to(self.device)).eval()
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
         self.splits = dict(splits)
-        self._inputs: dict[str, torch.Tensor] = {}
         for name, data in self.splits.items():
             if len(data) == 0:
                 raise LadleError(f"data: split '{name}' is empty")
         self.batch_size = batch_size or eval_batch_size(self.device)
+        self.precision = precision
+        self.workers = workers
         self.bn = bn
         self.bn_data = bn_data
         self.bn_keys = batchnorm_keys(self.model)
@@ -157,19 +165,43 @@ class Evaluator:
         return self.bn
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        """uint8 or [0, 1] images, anywhere -> the model's input on the device (ToTensor + Normalize arithmetic)."""
+        x = unit(x.to(self.device, non_blocking=True))
+        return channels_last((x - self.mean) / self.std)
+
+    def batches(self, data: ImageSet | StreamSet):
+        """Model inputs of a split, batch by batch in example order (streamed sets decode in workers)."""
+        pin = self.device.type == "cuda"
+        for batch in data.batches(self.batch_size, workers=self.workers, pin_memory=pin):
+            yield self.normalise(batch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (float32, on the CPU) of a batch of model inputs, under autocast for bf16 / fp16."""
+        if self.precision == "fp32":
+            out = self.model(x)
+        else:
+            with torch.autocast(self.device.type, dtype=AUTOCAST[self.precision]):
+                out = self.model(x)
+        out = out.logits if hasattr(out, "logits") else out
+        return out.float().cpu()
+
+    def indexable(self, split: str) -> ImageSet:
+        """The split with random access (a learned soup draws shuffled batches): a streamed split is decoded once
+        into the preprocessed cache and read from there."""
+        data = self.splits[split]
+        if isinstance(data, StreamSet):
+            data = self.splits[split] = data.cached(progress=self.progress)
+        return data
 
     def inputs(self, split: str) -> torch.Tensor:
-        if split not in self._inputs:
-            self._inputs[split] = self.normalise(self.splits[split].x)
-        return self._inputs[split]
+        """The whole split as model inputs in one tensor (small splits; large ones are read with `batches`)."""
+        return torch.cat(list(self.batches(self.indexable(split))))
 
     def labels(self, split: str) -> torch.Tensor:
         return self.splits[split].y
 
     def add_split(self, name: str, data: ImageSet) -> None:
         self.splits[name] = data
-        self._inputs.pop(name, None)
         self.cache = {k: v for k, v in self.cache.items() if k[1] != name}
         self.partial = {k: v for k, v in self.partial.items() if k[1] != name}
 
@@ -183,19 +215,20 @@ class Evaluator:
                     state[k] = first[k]
         load_weights(self.model, state, source)
         if self.bn == "recalibrate":
-            x = self.normalise(self.bn_data.x)
-            update_bn((x[i : i + self.batch_size] for i in range(0, len(x), self.batch_size)), self.model, self.device)
+            update_bn(self.batches(self.bn_data), self.model)
         self.model.eval()
 
     @torch.inference_mode()
     def run(self, split: str) -> torch.Tensor:
         """Logits of the model as currently loaded, on a split (uncached)."""
-        x = self.splits[split].x  # read once per pass (a cached corrupted set lives on disk), normalised per batch
+        data = self.splits[split]  # read batch by batch: a corrupted set or a cache is mapped from disk, photos stream
         out = []
-        for i in progress_bar(range(0, len(x), self.batch_size), desc=f"eval {split}", unit="batch", enabled=self.progress):
-            batch = self.normalise(x[i : i + self.batch_size])
-            out.append(self.model(channels_last(batch.to(self.device))).float().cpu())
-        self.forward_passes += len(x)
+        bar = progress_bar(total=len(data), desc=f"eval {split}", unit="img", enabled=self.progress)
+        for x in self.batches(data):
+            out.append(self.forward(x))
+            bar.update(len(x))
+        bar.close()
+        self.forward_passes += len(data)
         return torch.cat(out)
 
     def logits(self, name: str, state: Mapping[str, torch.Tensor] | None, split: str,
@@ -238,12 +271,11 @@ class Evaluator:
         if known is not None and int((_predictions(known) == y[: len(known)]).sum()) + n - len(known) < needed:
             return False, len(known)  # what it took to see it, back then
         self.prepare(state, first, name)
-        x = self.splits[split].x
         out, correct, seen = [], 0, 0
-        for i in range(0, n, self.batch_size):
-            logits = self.model(channels_last(self.normalise(x[i : i + self.batch_size]).to(self.device))).float().cpu()
+        for x in self.batches(self.splits[split]):
+            logits = self.forward(x)
             out.append(logits)
-            correct += int((_predictions(logits) == y[i : i + len(logits)]).sum())
+            correct += int((_predictions(logits) == y[seen : seen + len(logits)]).sum())
             seen += len(logits)
             self.forward_passes += len(logits)
             if correct + (n - seen) < needed and seen < n:
@@ -292,11 +324,12 @@ class Evaluator:
         return metrics_from_logits(ensemble_logits([self.cache[(n, split)] for n in names], mode), self.labels(split))
 
 
-def check_num_classes(model: nn.Module, data: ImageSet, sample: torch.Tensor | None = None) -> None:
-    """Fail early, in one line, if the model's outputs do not match the data's classes."""
+def check_num_classes(model: nn.Module, data: ImageSet | StreamSet, sample: torch.Tensor | None = None) -> None:
+    """Fail early, in one line, if the model's outputs do not match the data's classes (`sample`: one model input;
+    default: the first image of the data, unnormalised)."""
     model.eval()
     with torch.inference_mode():
-        x = data.x[:1] if sample is None else sample
+        x = unit(next(iter(data.batches(1, workers=0)))) if sample is None else sample
         out = model(x.to(next(model.parameters()).device))
         out = out.logits if hasattr(out, "logits") else out
     if out.shape[-1] < data.num_classes or (out.shape[-1] != data.num_classes and int(data.y.max()) >= out.shape[-1]):

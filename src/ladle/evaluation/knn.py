@@ -25,6 +25,7 @@ def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Ten
 @torch.no_grad()
 def embeddings(model, data, mean, std, *, device="cpu", batch_size: int | None = None) -> torch.Tensor:
     """The encoder's embedding (the classifier's input) of every image, in eval mode, on the CPU."""
+    from ladle.data import unit
     from ladle.evaluation.evaluator import channels_last, eval_batch_size
     from ladle.models.encoder import embed
 
@@ -32,9 +33,9 @@ def embeddings(model, data, mean, std, *, device="cpu", batch_size: int | None =
     mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     was = model.training
     model.eval()
-    try:
-        return torch.cat([embed(model, channels_last(((data.x[i : i + batch_size] - mean) / std).to(device))).float().cpu()
-                          for i in range(0, len(data), batch_size)])
+    try:  # batch by batch: streamed photos and uint8 caches as well as images in memory
+        return torch.cat([embed(model, channels_last(((unit(x) - mean) / std).to(device))).float().cpu()
+                          for x in data.batches(batch_size)])
     finally:
         model.train(was)
 

@@ -8,7 +8,6 @@ code that writes soups to disk, and their logits are cached by their weights.
 from __future__ import annotations
 
 import hashlib
-import json
 
 import torch
 from torch.func import functional_call
@@ -35,7 +34,8 @@ class Taster:
         self.keys: list[str] = []
         self.headless: list[str] = []  # head keys the ingredients lack (encoder-only): nothing to score with
         self.names: list[str] = []
-        self.options: dict | None = None  # the tasting options it was built from (make_scorer), if any
+        self.spec = None  # the TastingSpec it was built from (make_scorer), if any: remakes the soup
+        self.transform: dict | None = None  # the model's preprocessing, for the record
         self._file_keys: list[list[str]] | None = None
         self.last_images = 0  # images the last early-rejecting score_soup pushed through the model
 
@@ -76,7 +76,8 @@ class Taster:
 
     def data_record(self) -> dict:
         """Where the scores come from, for the manifest: every split's source, indices and fingerprint."""
-        return {name: data.source for name, data in self.evaluator.splits.items()} | {"bn": self.evaluator.bn}
+        record = {name: data.source for name, data in self.evaluator.splits.items()} | {"bn": self.evaluator.bn}
+        return record | ({"transform": self.transform, "precision": self.evaluator.precision} if self.transform else {})
 
     def ingredient_state(self, i: int) -> dict[str, torch.Tensor]:
         ing = self.ingredients[i]
@@ -111,11 +112,11 @@ class Taster:
 
     def batches(self, batch_size: int, generator: torch.Generator):
         """One epoch of (inputs, labels) of the split in a seeded random order, on the device."""
-        x, y = self.evaluator.inputs(self.split), self.evaluator.labels(self.split)
-        order = torch.randperm(len(y), generator=generator)
-        for start in range(0, len(y), batch_size):
+        data = self.evaluator.indexable(self.split)
+        order = torch.randperm(len(data.y), generator=generator)
+        for start in range(0, len(data.y), batch_size):
             idx = order[start : start + batch_size]
-            yield x[idx].to(self.device), y[idx].to(self.device)
+            yield self.evaluator.normalise(data.x[idx]), data.y[idx].to(self.device)
 
     def _value(self, m: Metrics) -> float:
         return m.accuracy if self.metric == "accuracy" else -m.nll
@@ -130,9 +131,9 @@ class Taster:
             from ladle.io.hashing import sha256_file
 
             self._file_keys = [[sha256_file(f) for f in ing.files] for ing in self.ingredients]
-        what = {"model": self.evaluator.model_id, "keys": hashlib.sha256("\n".join(self.keys).encode()).hexdigest(),
-                "soup": [[self._file_keys[i], float(w)] for i, w in enumerate(weights) if w != 0]}
-        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+        from ladle.results.store import evaluation_key
+
+        return evaluation_key(self.evaluator.model_id, self.keys, list(zip(self._file_keys, weights)))
 
     def ingredient_metrics(self, i: int, split: str | None = None) -> Metrics:
         self._needs_head()

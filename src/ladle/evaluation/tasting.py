@@ -1,15 +1,18 @@
-"""Building a scorer from specs (model spec, data specs): what `ladle cook greedy|learned|season` and the studies
-call. Its signature declares the tasting options once (CLI flags and YAML fields are read from it); heavy
-libraries are imported inside, so reading the declaration is cheap.
+"""From a tasting spec (ladle.spec.TastingSpec) to what tastes: the model with its own preprocessing, the data splits
+(streamed, or from the preprocessed cache), an Evaluator and a Taster. What `ladle taste`, `ladle cook
+greedy|learned|season|self-season`, `grid`, `check --predict` and the studies call; heavy libraries are imported
+inside, so reading the declarations is cheap.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import dataclass
 
 from ladle.errors import LadleError
+from ladle.spec import BN_POLICIES, TASTING_OPTIONS, TastingSpec
 
-BN_POLICIES = ("average", "recalibrate", "first")
+__all__ = ["BN_POLICIES", "TASTING_OPTIONS", "Tasting", "TastingSpec", "default_device", "logit_cache", "make_scorer",
+           "resolve"]
 
 
 def default_device() -> str:
@@ -18,64 +21,89 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_splits(data: list[str], default_split: str, image_size: int = 64, seed: int = 0) -> dict:
-    """Data specs -> {"SOURCE:split": ImageSet}, in the order given."""
-    from ladle.data import load_data, parse_spec
+@dataclass
+class Tasting:
+    """A spec resolved: the model spec (head size, preprocessing), the named splits, BN recalibration data."""
 
-    out = {}
-    for spec in data:
-        source, split = parse_spec(spec)
-        name = f"{source}:{split or default_split}"
-        out[name] = load_data(name, image_size=image_size, seed=seed)
-    return out
+    spec: TastingSpec
+    model: object  # ladle.models.ModelSpec
+    splits: dict  # "SOURCE:split" -> ImageSet | StreamSet, in the order given
+    bn_data: object | None
+    device: str
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id(self.model.num_classes, self.model.preprocess.describe())
+
+    def evaluator(self, *, bn: str | None = None, progress: bool = False, store=None, splits: dict | None = None):
+        """An Evaluator of this tasting (one model built, its class count checked against the first split)."""
+        from ladle.evaluation.evaluator import Evaluator, check_num_classes
+
+        net = self.model.build()
+        check_num_classes(net, next(iter(self.splits.values())))
+        return Evaluator(net, splits if splits is not None else self.splits, mean=self.model.mean, std=self.model.std,
+                         device=self.device, batch_size=self.spec.eval_batch_size, bn=bn or self.spec.bn,
+                         bn_data=self.bn_data, progress=progress, store=store, model_id=self.model_id,
+                         precision=self.spec.precision, workers=self.spec.workers)
+
+
+def resolve(spec: TastingSpec, default_split: str, *, cache_data: bool = False, recalibrate: bool | None = None,
+            progress: bool = False) -> Tasting:
+    """Model spec and data splits of a tasting spec. The data go through the model's own preprocessing (at
+    `image_size` if given); photos stream unless the spec (or, when it says nothing, `cache_data`) asks for the
+    preprocessed cache. The head's class count defaults to the first split's; recalibration data (when `recalibrate`,
+    default: the spec's bn is recalibrate) to the first source's train split."""
+    from ladle.data import StreamSet, open_data, parse_spec
+    from ladle.models import model_spec
+
+    if not spec.model:
+        raise LadleError("model: no model given (--model)")
+    if not spec.data:
+        raise LadleError("data: no data given to taste on (--data)")
+    model = model_spec(spec.model, spec.num_classes, spec.image_size)
+    cached = spec.cache_data if spec.cache_data is not None else cache_data
+
+    def opened(text: str, split: str):
+        data = open_data(text if parse_spec(text)[1] else f"{text}:{split}", preprocess=model.preprocess,
+                         seed=spec.seed, workers=spec.workers)
+        return data.cached(progress=progress) if cached and isinstance(data, StreamSet) else data
+
+    splits = {}
+    for text in spec.data:
+        source, split = parse_spec(text)
+        splits[f"{source}:{split or default_split}"] = opened(text, default_split)
+    model.num_classes = spec.num_classes or next(iter(splits.values())).num_classes
+    bn_data = None
+    if recalibrate if recalibrate is not None else spec.bn == "recalibrate":
+        bn_data = opened(spec.bn_data or f"{parse_spec(spec.data[0])[0]}:train", "train")
+    return Tasting(spec, model, splits, bn_data, spec.device or default_device())
 
 
 def load_model_and_data(model: str, data: list[str], default_split: str, *, num_classes: int | None = None,
-                        image_size: int = 64, bn_data: str | None = None, seed: int = 0, recalibrate: bool = False):
-    """(model spec, {name: split}, BatchNorm recalibration data or None) from specs; the head's class count
-    defaults to the first split's, the recalibration data to the first source's train split."""
-    from ladle.data import load_data, parse_spec
-    from ladle.models import model_spec
-
-    splits = load_splits(data, default_split, image_size, seed)
-    if not splits:
-        raise LadleError("data: no data given to taste on (--data)")
-    spec = model_spec(model, num_classes or next(iter(splits.values())).num_classes)
-    bn_set = None
-    if recalibrate:
-        bn_set = load_data(bn_data or f"{parse_spec(data[0])[0]}:train", image_size=image_size, seed=seed)
-    return spec, splits, bn_set
+                        image_size: int | None = None, bn_data: str | None = None, seed: int = 0,
+                        recalibrate: bool = False, cache_data: bool = True):
+    """(model spec, {name: split}, BatchNorm recalibration data or None) from specs, for callers that read images
+    many times or need them in memory (grids, predictions): photos come from the preprocessed cache."""
+    spec = TastingSpec(model=model, data=data, num_classes=num_classes, image_size=image_size, bn_data=bn_data,
+                       seed=seed)
+    tasting = resolve(spec, default_split, cache_data=cache_data, recalibrate=recalibrate)
+    return tasting.model, tasting.splits, tasting.bn_data
 
 
-def make_scorer(
-    model: Annotated[str, "efficientnet-lite0, timm:NAME, an HF directory or package.module:function"],
-    data: Annotated[list[str], "the data to taste on: SOURCE[:split] (repeatable; default split per recipe)"],
-    num_classes: Annotated[int, "classes of the model's head (default: the data's)"] = None,
-    image_size: Annotated[int, "input resolution"] = 64,
-    bn: Annotated[Literal[BN_POLICIES], "BatchNorm statistics of soups: averaged, recomputed on --bn-data, or the first ingredient's"] = "average",
-    bn_data: Annotated[str, "data for --bn recalibrate (default: the data's train split)"] = None,
-    device: Annotated[str, "cpu, cuda, cuda:1 … (default: cuda if available)"] = None,
-    eval_batch_size: Annotated[int, "evaluation batch size (default 64 on a CPU, 256 on a GPU)"] = None,
-    seed: Annotated[int, "seed of the data splits (and of the recipe, if it takes one)"] = 0,
-    *, split: str = "heldout", progress: bool = False,
-):
-    """A Taster from specs: builds the model and the data once, checks that they fit each other."""
-    from ladle.evaluation.evaluator import Evaluator, check_num_classes
+def make_scorer(spec: TastingSpec | str | None = None, data: list[str] | None = None, *, split: str = "heldout",
+                progress: bool = False, **fields):
+    """A Taster from a tasting spec (or its fields: `make_scorer("timm:resnet18", ["imgs:heldout"], image_size=…)`):
+    the model and the data built once and checked against each other; photos are read from the preprocessed cache
+    unless the spec says `cache_data: false`, since a recipe tastes the same images many times."""
     from ladle.evaluation.scorer import Taster
 
-    spec, splits, bn_set = load_model_and_data(model, data, split, num_classes=num_classes, image_size=image_size,
-                                               bn_data=bn_data if bn == "recalibrate" else None, seed=seed,
-                                               recalibrate=bn == "recalibrate")
-    net = spec.build()
-    check_num_classes(net, next(iter(splits.values())))
-    model_id = f"{model}|classes={num_classes or next(iter(splits.values())).num_classes}"
-    evaluator = Evaluator(net, splits, mean=spec.mean, std=spec.std, device=device or default_device(),
-                          batch_size=eval_batch_size, bn=bn, bn_data=bn_set, progress=progress,
-                          store=logit_cache(), model_id=model_id)
-    taster = Taster(evaluator, split=next(iter(splits)))
-    # what the tasting was given, for the command that remakes the soup (the device is where it ran, not what it is)
-    taster.options = {"model": model, "data": list(data), "num_classes": num_classes, "image_size": image_size,
-                      "bn": bn, "bn_data": bn_data, "eval_batch_size": eval_batch_size, "seed": seed}
+    if not isinstance(spec, TastingSpec):
+        spec = TastingSpec.from_fields({"model": spec, "data": data, **fields})
+    tasting = resolve(spec, split, cache_data=True, progress=progress)
+    evaluator = tasting.evaluator(progress=progress, store=logit_cache())
+    taster = Taster(evaluator, split=next(iter(tasting.splits)))
+    taster.spec = spec  # what remakes the soup (the reproduce command in manifests and model cards)
+    taster.transform = tasting.model.preprocess.describe()
     return taster
 
 
@@ -93,12 +121,3 @@ def logit_cache():
         return ResultStore(cache_root() / "logits.sqlite")
     except (LadleError, OSError):
         return None  # an unwritable or damaged cache is no reason to fail a soup: evaluate without it
-
-
-def _tasting_options():
-    from ladle.soup.schema import params_of
-
-    return params_of(make_scorer, skip=("split", "progress"))[0]
-
-
-TASTING_OPTIONS = _tasting_options()  # the declared options, read once: CLI flags and YAML fields come from these

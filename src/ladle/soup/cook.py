@@ -224,7 +224,6 @@ def _describe_ingredient(ing: Ingredient, digests: dict[str, str]) -> dict:
 
 def reproduce_command(recipe: str, ingredients: list, out, options: dict, params: dict, scorer) -> list[str] | None:
     """The `ladle cook` command line that remakes this soup (None for in-memory ingredients: no command can)."""
-    from ladle.evaluation.tasting import TASTING_OPTIONS
     from ladle.soup.options import COOK_OPTIONS
 
     paths = [*ingredients, *([options["base"]] if options["base"] is not None else []),
@@ -236,9 +235,9 @@ def reproduce_command(recipe: str, ingredients: list, out, options: dict, params
     for p in COOK_OPTIONS:
         if p.name != "force":
             words += p.argv(options[p.name])
-    tasting = getattr(scorer, "options", None) or {}
+    tasting = getattr(scorer, "spec", None)  # a TastingSpec: its seed is the recipe's too
     words += [w for p in spec.parameters if not (tasting and p.name == "seed") for w in p.argv(params.get(p.name))]
-    words += [w for p in TASTING_OPTIONS if p.name in tasting for w in p.argv(tasting[p.name])]
+    words += tasting.argv() if tasting is not None else []
     return words
 
 

@@ -30,8 +30,8 @@ def cook_params() -> list[Param]:
 
 
 def tasting_params() -> list[Param]:
-    """The options of recipes that taste candidate soups, declared by `make_scorer`'s signature."""
-    from ladle.evaluation.tasting import TASTING_OPTIONS
+    """The options of recipes that taste candidate soups, declared once by ladle.spec.TastingSpec."""
+    from ladle.spec import TASTING_OPTIONS
 
     return TASTING_OPTIONS
 

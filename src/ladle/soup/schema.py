@@ -62,7 +62,7 @@ class Param:
                                                       and not self.default):
             return []
         if self.type is bool:
-            return ["--no-" + self.flag[2:]] if self.default is True else [self.flag]
+            return ["--no-" + self.flag[2:]] if not value else [self.flag]
         if self.type == list[float]:
             return [f"{self.flag}={','.join(map(repr, value))}"]  # repr: the shortest text that reads back exactly
         if self.type == list[str]:
@@ -71,6 +71,8 @@ class Param:
 
     def describe(self) -> str:
         if self.type is bool:
+            if self.default is None:  # unset: the caller decides; either flag overrides
+                return f"{self.flag} / --no-{self.flag[2:]} (flag): {self.help}"
             return f"--no-{self.flag[2:]} (flag): do not {self.help}" if self.default else f"{self.flag} (flag): {self.help}"
         default = "required" if self.required else f"default {self.default!r}"
         return f"{self.flag} ({self.type_name}, {default}): {self.help}"

@@ -16,9 +16,10 @@ from pathlib import Path
 from ladle.errors import LadleError
 from ladle.io.checkpoints import open_ingredient
 from ladle.shifts.corruptions import CorruptionCache, SuiteSpec, corrupted_sets, resize_note
-from ladle.data.load import ImageSet
-from ladle.evaluation.evaluator import BN_POLICIES, Evaluator, Metrics, check_num_classes
+from ladle.evaluation.evaluator import Evaluator, Metrics
+from ladle.evaluation.tasting import Tasting
 from ladle.models.specs import ModelSpec
+from ladle.spec import BN_POLICIES, TastingSpec
 from ladle.evaluation.gain import best_single, soup_gain
 from ladle.evaluation.robustness import ModelShift, ShiftReport, alexnet_baseline
 
@@ -86,45 +87,52 @@ def is_soup(path) -> bool:
     return bool(manifest and manifest.get("recipe"))
 
 
-def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: str | list[str] = "average",
-          bn_data: ImageSet | None = None, uniform: bool = True, device="cpu", batch_size: int | None = None,
+def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average", uniform: bool = True,
           progress: bool = False, corruptions: list[SuiteSpec] = (), corruption_seed: int = 0,
           cache: CorruptionCache | None = None, mce_baseline: str = "best", executor=None, store=None,
-          knn_bank: ImageSet | None = None) -> TasteReport:
-    """Evaluate checkpoints, the uniform soup of the ingredients and their ensemble on every split,
-    and on the corrupted copies of every split that the corruption suites make. With `knn_bank` (labelled
-    images), every model is read out by weighted kNN against its embeddings of the bank instead of its head."""
+          knn_bank=None) -> TasteReport:
+    """Evaluate checkpoints, the uniform soup of the ingredients and their ensemble on every split of a resolved
+    tasting spec, and on the corrupted copies of every split that the corruption suites make. With `knn_bank`
+    (labelled images), every model is read out by weighted kNN against its embeddings of the bank instead of its head.
+    Every evaluation is stored under the key `cook` uses (ladle.results.store.evaluation_key), so logits computed by
+    one are reused by the other."""
+    from ladle.results.store import evaluation_key
     from ladle.soup.cook import cook
 
     policies = list(BN_POLICIES) if bn == "all" else ([bn] if isinstance(bn, str) else list(bn))
     if mce_baseline == "alexnet":  # fail before any work if the suites have no published AlexNet errors
         for suite in corruptions:
             alexnet_baseline(suite.cells())
-    model = spec.build()
-    first_split = next(iter(data.values()))
-    check_num_classes(model, first_split, ((first_split.x[:1] - 0.5) / 0.5))
+    data = tasting.splits
     shifted, grids = shifted_splits(data, corruptions, seed=corruption_seed, cache=cache, progress=progress,
                                     executor=executor)
     every = dict(data) | shifted
     if knn_bank is not None:
         if policies != ["average"]:
             raise LadleError("taste: --readout knn reads soups with averaged BatchNorm statistics only (--bn average)")
-        rows = knn_rows(checkpoints, spec, every, knn_bank, uniform=uniform, device=device, batch_size=batch_size)
+        rows = knn_rows(checkpoints, tasting.model, every, knn_bank, uniform=uniform, device=tasting.device,
+                        batch_size=tasting.spec.eval_batch_size)
         return _report(data, rows, grids, corruptions, shifted, mce_baseline)
-    evaluators = {p: Evaluator(model, every, mean=spec.mean, std=spec.std, device=device, batch_size=batch_size, bn=p,
-                               bn_data=bn_data, progress=progress, store=store) for p in policies}
-    base_ev = evaluators[policies[0]]
+    base_ev = tasting.evaluator(bn=policies[0], progress=progress, store=store, splits=every)
+    evaluators = {p: base_ev if p == policies[0] else _sibling(base_ev, p, tasting.bn_data) for p in policies}
+    model_id = tasting.model_id
+
+    def key(files: list[list[str]], weights: list[float], tensors: list[str]) -> str | None:
+        return evaluation_key(model_id, tensors, list(zip(files, weights))) if all(files) else None
+
     # Memory: ingredients stay lazily opened files (their tensors are read while a model loads them, and their
     # pages dropped after), so at most the uniform soup and the model's own copy are held, whatever N.
     rows: list[Row] = []
-    ingredients, keys = [], {}
+    ingredients, keys, hashes = [], {}, {}
     soups = []
     for ckpt in checkpoints:
         ing = open_ingredient(ckpt)
         if is_soup(ckpt):
             soups.append((ing.name, ing))
+            keys[ing.name] = key([file_hashes(ing)], [1.0], list(ing.keys()))
             continue
-        keys[ing.name] = content_key(ing)
+        hashes[ing.name] = file_hashes(ing)
+        keys[ing.name] = key([hashes[ing.name]], [1.0], list(ing.keys()))
         base_ev.logits_many(ing.name, _lazy_state(ing), list(every), key=keys[ing.name], kind="ingredient")
         _release(ing)
         ingredients.append(ing)
@@ -132,16 +140,14 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
     ingredient_names = [ing.name for ing in ingredients]
     first_state = _lazy_state(ingredients[0]) if ingredients else None  # only its BatchNorm tensors are read
     if uniform and len(ingredients) > 1:
-        from ladle.results.store import soup_key
-
-        keys["uniform soup"] = soup_key("uniform", {}, [keys[n] for n in ingredient_names])
+        n = len(ingredients)
+        keys["uniform soup"] = key([hashes[i] for i in ingredient_names], [1 / n] * n, list(ingredients[0].keys()))
         soups.insert(0, ("uniform soup", cook("uniform", ingredients).state_dict))  # streamed: one model in memory
     for name, soup in soups:
         state = soup if isinstance(soup, dict) else _lazy_state(soup)
-        key = keys.get(name) or content_key(soup)
         for p, ev in evaluators.items():
             ev.logits_many(f"{name}@{p}", state, list(every), first=first_state,
-                           key=None if p == "first" else key, kind="soup")
+                           key=None if p == "first" else keys[name], kind="soup")
             rows.append(Row(name, "soup", {s: ev.score(f"{name}@{p}", None, s) for s in every}, bn=p if len(policies) > 1 else ""))
         if not isinstance(soup, dict):
             _release(soup)
@@ -150,6 +156,13 @@ def taste(checkpoints: list, spec: ModelSpec, data: dict[str, ImageSet], *, bn: 
         rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
                         {s: base_ev.ensemble(ingredient_names, s) for s in every}))
     return _report(data, rows, grids, corruptions, shifted, mce_baseline)
+
+
+def _sibling(ev: Evaluator, bn: str, bn_data) -> Evaluator:
+    """The same model and data under another BatchNorm policy (one model object, as the splits are shared)."""
+    return Evaluator(ev.model, ev.splits, mean=tuple(ev.mean.flatten().tolist()), std=tuple(ev.std.flatten().tolist()),
+                     device=ev.device, batch_size=ev.batch_size, bn=bn, bn_data=bn_data, progress=ev.progress,
+                     store=ev.store, model_id=ev.model_id, precision=ev.precision, workers=ev.workers)
 
 
 def _report(data, rows, grids, corruptions, shifted, mce_baseline) -> TasteReport:
@@ -163,7 +176,7 @@ def _report(data, rows, grids, corruptions, shifted, mce_baseline) -> TasteRepor
     return TasteReport(list(data), rows, shifts, [note] if note else [])
 
 
-def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict[str, ImageSet], bank: ImageSet, *, uniform: bool = True,
+def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict, bank, *, uniform: bool = True,
              device="cpu", batch_size: int | None = None) -> list[Row]:
     """Rows read out by weighted kNN (ladle.evaluation.knn): encoders need no head, so encoder-only ingredients
     and soups are tasted as they are; the ensemble averages the ingredients' kNN class probabilities."""
@@ -232,19 +245,30 @@ def _release(ing) -> None:
         ing.release(k)
 
 
+def file_hashes(ing) -> list[str]:
+    """The sha256 of each file of a checkpoint (empty for an in-memory state): its part of a store key."""
+    from ladle.io.hashing import sha256_file
+
+    return [sha256_file(f) for f in ing.files]
+
+
 def content_key(ing) -> str | None:
-    """A checkpoint's content hash: its key in the store (None for an in-memory state)."""
+    """A checkpoint's content hash (None for an in-memory state)."""
     from ladle.io.hashing import checkpoint_sha256
 
     return checkpoint_sha256(ing.files) if ing.files else None
 
 
-def shifted_splits(data: dict[str, ImageSet], corruptions: list[SuiteSpec], *, seed: int = 0,
+def shifted_splits(data: dict, corruptions: list[SuiteSpec], *, seed: int = 0,
                    cache: CorruptionCache | None = None, progress: bool = False, executor=None):
     """Corrupted copies of every split, named `SPLIT ~ FAMILY/CORRUPTION/SEVERITY`, and, per (split, suite),
     the map from each (corruption, severity) cell to its split name."""
+    from ladle.data import StreamSet
+
     shifted, grids = {}, {}
     for clean, clean_data in data.items():
+        if corruptions and isinstance(clean_data, StreamSet):  # corrupted from the uint8 images at the model's size
+            clean_data = clean_data.cached(progress=progress)
         for spec in corruptions:
             cells = {}
             for (name, severity), part in corrupted_sets(clean_data, spec, seed=seed, cache=cache, progress=progress,
@@ -276,43 +300,43 @@ def write_report(report: TasteReport, folder: Path) -> None:
         plot_severity_curves(shift, folder / f"{stem}-severity.png")
 
 
-def taste_specs(checkpoints: list, *, model: str, data: list[str], num_classes: int | None = None, image_size: int = 64,
-                bn: str = "average", bn_data: str | None = None, device: str | None = None, eval_batch_size: int | None = None,
-                seed: int = 0, uniform: bool = True, corruptions: list[str] = (), severities: str = "1-5",
-                corruption_seed: int = 0, corruption_cache: str | None = None, mce_baseline: str = "best",
-                executor=None, store=None, db=None, progress: bool = False, readout: str = "head",
-                knn_bank: str | None = None) -> TasteReport:
-    """`taste` from specs (what `ladle taste` calls): data and model built once, corruption suites parsed.
+def taste_specs(checkpoints: list, *, tasting: TastingSpec | None = None, bn: str = None, uniform: bool = True,
+                corruptions: list[str] = (), severities: str = "1-5", corruption_seed: int = 0,
+                corruption_cache: str | None = None, mce_baseline: str = "best", executor=None, store=None, db=None,
+                progress: bool = False, readout: str = "head", knn_bank: str | None = None, **fields) -> TasteReport:
+    """`taste` from a tasting spec (or its fields: model=…, data=[…], image_size=…) — what `ladle taste` calls:
+    model and data built once, corruption suites parsed. `bn` may also be `all` (every policy side by side).
     Evaluations go to the results store (`store`, or the file `db`, opened once the input is known to be good)."""
-    from ladle.evaluation.tasting import default_device, load_model_and_data
+    from ladle.evaluation.tasting import resolve
     from ladle.results.store import opened
     from ladle.shifts.corruptions import default_cache_dir, parse_severities, parse_suite
 
-    if not model:
+    if tasting is None:
+        tasting = TastingSpec.from_fields(fields | ({"bn": bn} if bn and bn != "all" else {}))
+    bn = bn or tasting.bn
+    if not tasting.model:
         raise LadleError("taste: --model is required")
-    if not data:
+    if not tasting.data:
         raise LadleError("taste: --data is required")
     parsed = parse_severities(severities)
     suites = [parse_suite(text, parsed) for text in corruptions or ()]
     if mce_baseline == "alexnet":  # fail before any work if the suites have no published AlexNet errors
         for suite in suites:
             alexnet_baseline(suite.cells())
-    spec, splits, bn_set = load_model_and_data(model, data, "test", num_classes=num_classes, image_size=image_size,
-                                               bn_data=bn_data, seed=seed, recalibrate=bn in ("recalibrate", "all"))
+    resolved = resolve(tasting, "test", recalibrate=bn in ("recalibrate", "all"), progress=progress)
     bank = None
     if readout == "knn":  # the bank: labelled images, by default the train split of the first data source
-        from ladle.data.load import parse_spec
-        from ladle.evaluation.tasting import load_splits
+        from ladle.data import parse_spec
 
-        bank_spec = knn_bank or f"{parse_spec(data[0])[0]}:train"
-        bank = next(iter(load_splits([bank_spec], "train", image_size=image_size, seed=seed).values()))
+        bank_spec = knn_bank or f"{parse_spec(tasting.data[0])[0]}:train"
+        bank = next(iter(resolve(tasting.replace(data=[bank_spec]), "train", cache_data=True).splits.values()))
     elif readout != "head":
         raise LadleError(f"taste: --readout must be head or knn, got '{readout}'")
     cache = CorruptionCache(Path(corruption_cache) if corruption_cache else default_cache_dir())
     with opened(store, db) as store:
-        report = taste(checkpoints, spec, splits, bn=bn, bn_data=bn_set, uniform=uniform, device=device or default_device(),
-                       batch_size=eval_batch_size, progress=progress, corruptions=suites, corruption_seed=corruption_seed,
-                       cache=cache, mce_baseline=mce_baseline, executor=executor, store=store, knn_bank=bank)
+        report = taste(checkpoints, resolved, bn=bn, uniform=uniform, progress=progress, corruptions=suites,
+                       corruption_seed=corruption_seed, cache=cache, mce_baseline=mce_baseline, executor=executor,
+                       store=store, knn_bank=bank)
     if cache.damaged:
         report.notes.append(f"rebuilt {len(cache.damaged)} damaged corrupted set(s) in {cache.folder}")
     return report
