@@ -53,7 +53,8 @@ def test_the_study_runs_end_to_end_and_a_rerun_trains_nothing(tmp_path, monkeypa
     ({"ssl": [{"objective": "cross_entropy"}]}, "ssl", "not self-supervised"),
     ({"ssl": [{"objective": "mmcr", "temperature": 0.1}]}, "ssl", "has no knob 'temperature'"),
     ({"target": ["imagenet-c:smog"]}, "target", "'smog' is not in suite imagenet-c"),
-    ({"pool_fraction": 1.0}, "pool_fraction", "out of range"),
+    ({"pool_fraction": 1.0}, "pool_fraction", "must be < 1, got 1.0"),
+    ({"severity": 6}, "severity", "must be ≤ 5, got 6"),
     ({"lunch": 1}, "lunch", "unknown field"),
 ])
 def test_config_errors_name_the_field_in_one_line(overrides, field, message):

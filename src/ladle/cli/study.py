@@ -6,6 +6,8 @@ from ladle.cli.common import db_option, executor_option, print_json, show_progre
 
 
 def add_parser(sub) -> None:
+    from ladle.config import BRANCH_POINTS_FIELDS, SELF_SOUP_FIELDS, add_flags
+
     study = sub.add_parser("study", help="studies over the results store (resumable)")
     kinds = study.add_subparsers(dest="study", required=True, metavar="STUDY")
     soups = kinds.add_parser("soups", help="the demo's regime over N sweep seeds: mean ± sd of the soup gains")
@@ -26,7 +28,8 @@ def add_parser(sub) -> None:
     bp.add_argument("--out", required=True, metavar="DIR", help="checkpoints, the store and the report (OUT/report)")
     bp.add_argument("--config", metavar="FILE.yaml",
                     help="the study's config (default: the CPU-scale one shipped with ladle; `paper.yaml` beside it "
-                         "has the paper's ResNet-50 / CIFAR-100 scale for a GPU)")
+                         "has the paper's ResNet-50 / CIFAR-100 scale for a GPU); the flags below override it")
+    add_flags(bp, BRANCH_POINTS_FIELDS)
     bp.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
     bp.add_argument("--json", action="store_true", help="print the analysis as JSON")
     executor_option(bp, "trains the branches and soups the pairs")
@@ -36,7 +39,9 @@ def add_parser(sub) -> None:
                                             "fine-tune back, soup, and compare with the controls")
     ss.add_argument("--out", required=True, metavar="DIR", help="data halves, ingredients, soups, results.md and the store")
     ss.add_argument("--config", metavar="FILE.yaml",
-                    help="the study's config (default: the CPU-scale one shipped with ladle, self-soup.yaml)")
+                    help="the study's config (default: the CPU-scale one shipped with ladle, self-soup.yaml; "
+                         "paper-in-c.yaml and paper-laion-c.yaml beside it for a GPU); the flags below override it")
+    add_flags(ss, SELF_SOUP_FIELDS)
     ss.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
     ss.add_argument("--json", action="store_true", help="print the results table as JSON")
     executor_option(ss, "trains the control sweep and fine-tunes back")
@@ -45,18 +50,22 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    if args.study == "self-soup":
-        from ladle.studies.self_soup import format_table, study_self_soup
+    from ladle.config import BRANCH_POINTS_FIELDS, SELF_SOUP_FIELDS, overrides_from
 
-        table = study_self_soup(Path(args.out), config=args.config, executor=args.executor, device=args.device,
+    if args.study == "self-soup":
+        from ladle.studies.self_soup import format_table, load_self_soup_config, study_self_soup
+
+        cfg = load_self_soup_config(args.config, overrides_from(args, SELF_SOUP_FIELDS))
+        table = study_self_soup(Path(args.out), config=cfg, executor=args.executor, device=args.device,
                                 progress=show_progress(args))
         print_json(table) if args.json else print(format_table(table))
         return 0
     if args.study == "branch-points":
         from ladle.analysis.stats import format_analysis
-        from ladle.studies.branch_points import study_branch_points
+        from ladle.studies.branch_points import load_branch_config, study_branch_points
 
-        result = study_branch_points(Path(args.out), config=args.config, executor=args.executor, db=args.db,
+        cfg = load_branch_config(args.config, overrides_from(args, BRANCH_POINTS_FIELDS))
+        result = study_branch_points(Path(args.out), config=cfg, executor=args.executor, db=args.db,
                                      device=args.device, progress=show_progress(args))
         print_json(result) if args.json else print(format_analysis(result))
         print(f"report: {Path(args.out) / 'report'}")

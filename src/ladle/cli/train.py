@@ -6,67 +6,53 @@ from __future__ import annotations
 from ladle.cli.common import db_option, executor_option, show_progress
 
 
+# `ladle train ssl` is a one-run sweep with these defaults (no linear probe: nothing reads a label)
+SSL_DEFAULTS = {"runs": 1, "lp_steps": 0, "steps": 200, "epochs": 1, "batch_size": 32, "lr": 2e-4,
+                "weight_decay": 0.05, "optimiser": "adamw", "schedule": "cosine", "bn": "frozen"}
+SSL_SKIP = ("runs", "lp_steps", "lp_lr", "epochs")  # fixed by what an ssl run is
+
+
 def add_parser(sub) -> None:
+    from ladle.config import SWEEP_FIELDS, add_flags
+
     train = sub.add_parser("train", help="cook ingredients")
     train_sub = train.add_subparsers(dest="train_command", required=True, metavar="WHAT")
     sweep = train_sub.add_parser("sweep", help="fine-tune N ingredients from one stock with drawn hyper-parameters (resumable)")
     sweep.add_argument("--config", metavar="FILE.yaml",
-                       help="the search space (fields it leaves out: the demo's regime, ladle/training/configs/demo.yaml)")
-    sweep.add_argument("--model", metavar="SPEC", help="stock model (default efficientnet-lite0)")
-    sweep.add_argument("--num-classes", dest="num_classes", type=int, help="default: the data's class count")
-    sweep.add_argument("--data", metavar="SOURCE", help="its train split trains, its heldout split scores (default digits)")
-    sweep.add_argument("--runs", type=int, help="ingredients (default 8)")
-    sweep.add_argument("--epochs", type=int, help="epochs per run (default 6)")
-    sweep.add_argument("--batch-size", dest="batch_size", type=int, help="default 32")
-    sweep.add_argument("--lp-steps", dest="lp_steps", type=int, help="linear-probe steps of the shared head (0: none; default 10)")
-    sweep.add_argument("--image-size", dest="image_size", type=int, help="default 64")
-    sweep.add_argument("--seed", type=int, help="the sweep seed: data split, stock head, draws (default 0)")
-    sweep.add_argument("--threads", type=int, help="torch threads per run: part of what fixes the bytes (default 1)")
+                       help="the search space (fields it leaves out: the demo's regime, ladle/training/configs/demo.yaml); "
+                            "the flags below override it")
+    add_flags(sweep, SWEEP_FIELDS)
     sweep.add_argument("--device", default=None)
     executor_option(sweep, "trains the runs")
     db_option(sweep, "each run gets an ingredient row; default: none")
     sweep.add_argument("--out", required=True, metavar="DIR")
 
     ssl = train_sub.add_parser("ssl", help="train one self-supervised ingredient (labels ignored): its encoder")
-    ssl.add_argument("--objective", required=True, help="mocov3, mmcr, mae (ViT), masked (CNN), or package.module:Class")
-    ssl.add_argument("--model", metavar="SPEC", help="stock model (default efficientnet-lite0)")
-    ssl.add_argument("--data", metavar="SOURCE", help="its train split trains (labels unused); default digits")
-    ssl.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
-    ssl.add_argument("--batch-size", dest="batch_size", type=int, default=32)
-    ssl.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
-    ssl.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.05)
-    ssl.add_argument("--optimiser", default="adamw")
-    ssl.add_argument("--schedule", default="cosine")
-    ssl.add_argument("--bn", default="frozen", help="BatchNorm policy: frozen (default) or train")
-    ssl.add_argument("--set", dest="knobs", action="append", default=[], metavar="KNOB=VALUE",
-                     help="an objective hyper-parameter, e.g. --set temperature=0.1 (repeatable)")
-    ssl.add_argument("--image-size", dest="image_size", type=int, help="default 64")
-    ssl.add_argument("--seed", type=int, help="default 0")
-    ssl.add_argument("--threads", type=int, help="torch threads (default 1)")
+    add_flags(ssl, ssl_fields(), skip=SSL_SKIP)
     ssl.add_argument("--device", default=None)
     executor_option(ssl, "trains the run")
     db_option(ssl, "the run gets an ingredient row; default: none")
     ssl.add_argument("--out", required=True, metavar="DIR")
 
 
-OVERRIDES = ("model", "num_classes", "data", "runs", "epochs", "batch_size", "lp_steps", "image_size", "seed", "threads")
+def ssl_fields() -> list:
+    """The sweep's fields with an ssl run's defaults; the objective is required."""
+    from dataclasses import replace
+
+    from ladle.config import SWEEP_FIELDS
+    from ladle.soup.schema import REQUIRED
+
+    defaults = SSL_DEFAULTS | {"objective": REQUIRED}
+    return [replace(f, default=defaults[f.name]) if f.name in defaults else f for f in SWEEP_FIELDS]
 
 
 def ssl_config(args) -> dict:
-    """The one-run sweep that `ladle train ssl` stands for: no linear probe, a fixed step count."""
-    import yaml
-
+    """The one-run sweep that `ladle train ssl` stands for: a fixed step count, no linear probe."""
     from ladle.errors import LadleError
 
-    config = {"objective": args.objective, "runs": 1, "lp_steps": 0, "steps": args.steps, "epochs": 1,
-              "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-              "optimiser": args.optimiser, "schedule": args.schedule, "bn": args.bn}
-    for item in args.knobs:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise LadleError(f"--set: expected KNOB=VALUE, got '{item}'")
-        config[key.strip()] = yaml.safe_load(value)
-    return config
+    if args.objective is None:
+        raise LadleError("train ssl: --objective is required (mocov3, mmcr, mae, masked, or package.module:Class)")
+    return dict(SSL_DEFAULTS)
 
 
 def run(args) -> int:
@@ -75,8 +61,10 @@ def run(args) -> int:
 
     from ladle.training import run_sweep
 
+    from ladle.config import SWEEP_FIELDS, overrides_from
+
     config = args.config if args.train_command == "sweep" else ssl_config(args)
-    overrides = {k: getattr(args, k, None) for k in OVERRIDES}
+    overrides = overrides_from(args, SWEEP_FIELDS)
     with contextlib.ExitStack() as stack:
         executor = store = None
         if args.executor:

@@ -43,41 +43,17 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from ladle.config import BRANCH_POINTS_FIELDS, Field, check_fields, check_value, fail, read_layers
 from ladle.errors import LadleError
-from ladle.training.config import _check_value, _fail
 
 DEFAULT_CONFIG = "branch-points.yaml"
 STUDY = "branch-points"
 # (lr, momentum, weight decay) scale factors of the paper's four optimiser variants (its Table A1).
 PAPER_VARIANTS = ((0.7073, 1.1009, 0.8284), (1.2244, 0.9247, 1.1150), (0.5112, 1.0695, 1.1099),
                   (0.5373, 0.8594, 0.9078))
-
-# field -> (type, nullable, lowest value, strictly above it)
-FIELDS: dict[str, tuple[type, bool, float | None, bool]] = {
-    "model": (str, False, None, False),
-    "num_classes": (int, True, 1, False),  # null: the data's class count
-    "data": (str, False, None, False),  # a data SOURCE: its train split trains, its heldout split scores
-    "data_seed": (int, True, 0, False),  # null: the study seed
-    "image_size": (int, False, 1, False),
-    "epochs": (int, False, 1, False),
-    "schedule_epochs": (int, True, 1, False),  # the cosine's length; null: epochs
-    "checkpoint_every": (int, False, 1, False),
-    "branch_epochs": (object, False, None, False),  # parsed by _branch_epochs
-    "branch_end": (int, True, 1, False),  # null: epochs
-    "variants": (object, False, None, False),  # parsed by _variants
-    "lr": (float, False, 0.0, True),
-    "momentum": (float, False, 0.0, False),
-    "nesterov": (bool, False, None, False),
-    "weight_decay": (float, False, 0.0, False),
-    "batch_size": (int, False, 1, False),
-    "label_smoothing": (float, False, 0.0, False),
-    "shift": (int, False, 0, False),  # pixels of random translation (the paper: padded random crops)
-    "bn": (str, False, None, False),
-    "seed": (int, False, 0, False),
-    "threads": (int, False, 1, False),
-    "corruptions": (object, False, None, False),  # parsed by _corruptions: the grid's corrupted suite
-    "severities": (object, False, None, False),  # '3', '1-5' or '1,3,5'
-}
+# the items of the structured fields, checked as any field is
+SCALE = Field("variants", float, None, "a scale factor", low=0, above=True)
+EPOCH = Field("branch_epochs", int, None, "a checkpoint epoch", low=1)
 
 
 @dataclass(frozen=True)
@@ -135,51 +111,16 @@ def load_branch_config(path: str | Path | None = None, overrides: dict | None = 
     """The default config, then a file on top (fields it leaves out keep the default's), then overrides (None
     values ignored). A bare name that is no file here but one shipped with ladle (`paper.yaml`) is that one.
     Errors name the file, the line and the field in one line."""
-    from ladle.soup.recipe_file import read_yaml_mapping
-
-    fields: dict = {}
-    where: dict[str, str] = {}
-
-    def layer(values: dict, label: str, lines: dict | None = None, base: Path | None = None):
-        for k, v in values.items():
-            if v is None and label == "overrides":
-                continue
-            if base is not None and k in ("model", "data") and isinstance(v, str) and not Path(v).is_absolute() \
-                    and (base / v).exists():
-                v = str(base / v)  # a relative folder is relative to the config file
-            fields[k] = v
-            where[k] = f"{label}:{lines[k]}" if lines and k in lines else label
-
-    default = default_config_path()
-    data, lines = read_yaml_mapping(default)
-    layer(data, str(default), lines)
-    origin = "config"
-    if path is not None:
-        path = Path(path)
-        if not path.exists() and path.parent == Path(".") and default_config_path(path.name).is_file():
-            path = default_config_path(path.name)  # `--config paper.yaml`: the one shipped with ladle
-        data, lines = read_yaml_mapping(path)
-        layer(data, str(path), lines, Path(path).parent)
-        origin = str(path)
-    if overrides:
-        layer(overrides, "overrides")
-    return _validate(fields, where, origin)
+    layered = read_layers(BRANCH_POINTS_FIELDS, default_config_path(), path, overrides)
+    return _validate(check_fields(BRANCH_POINTS_FIELDS, layered), layered.where, layered.origin)
 
 
-def _value(value, kind: type, nullable: bool, low, strict: bool, field: str, where: dict):
-    """One field's value checked as sweep configs check theirs (one checker, one wording of errors)."""
-    return _check_value(value, kind, low, field, where, nullable=nullable, strict=strict)
-
-
-def _validate(fields: dict, where: dict, origin: str) -> BranchConfig:
+def _validate(v: dict, where: dict, origin: str) -> BranchConfig:
+    """The checked fields, nulls resolved and the structured ones parsed."""
     from ladle.data.load import parse_spec
     from ladle.training.loop import BN_POLICIES
 
-    for field in fields:
-        if field not in FIELDS:
-            _fail(where, field, f"unknown field (known fields: {', '.join(FIELDS)})")
-    v = {k: fields.get(k) if kind is object else _value(fields.get(k), kind, nullable, low, strict, k, where)
-         for k, (kind, nullable, low, strict) in FIELDS.items()}
+    raw = dict(v)
     v["data"] = parse_spec(v["data"])[0]  # a source; a split given with it is dropped
     if v["data_seed"] is None:
         v["data_seed"] = v["seed"]
@@ -187,36 +128,32 @@ def _validate(fields: dict, where: dict, origin: str) -> BranchConfig:
         v["schedule_epochs"] = v["epochs"]
     if v["branch_end"] is None:
         v["branch_end"] = v["epochs"]
-    if v["momentum"] >= 1:
-        _fail(where, "momentum", f"must be < 1, got {v['momentum']!r}")
-    if v["label_smoothing"] > 1:
-        _fail(where, "label_smoothing", f"must be in [0, 1], got {v['label_smoothing']!r}")
     if v["bn"] not in BN_POLICIES:
-        _fail(where, "bn", f"unknown BatchNorm policy '{v['bn']}' (known: {', '.join(BN_POLICIES)})")
+        fail(where, "bn", f"unknown BatchNorm policy '{v['bn']}' (known: {', '.join(BN_POLICIES)})")
     if v["checkpoint_every"] > v["epochs"]:
-        _fail(where, "checkpoint_every", f"must be ≤ epochs ({v['epochs']}), got {v['checkpoint_every']}")
+        fail(where, "checkpoint_every", f"must be ≤ epochs ({v['epochs']}), got {v['checkpoint_every']}")
     if v["branch_end"] < v["epochs"]:
-        _fail(where, "branch_end", f"must be ≥ epochs ({v['epochs']}) or null, got {v['branch_end']}")
-    v["variants"] = _variants(fields.get("variants"), v["momentum"], where)
-    v["corruptions"], v["severities"] = _corruptions(fields.get("corruptions"), fields.get("severities"), where)
+        fail(where, "branch_end", f"must be ≥ epochs ({v['epochs']}) or null, got {v['branch_end']}")
+    v["variants"] = _variants(raw["variants"], v["momentum"], where)
+    v["corruptions"], v["severities"] = _corruptions(raw["corruptions"], raw["severities"], where)
     partial = BranchConfig(**{**v, "branch_epochs": ()}, origin=origin)
-    v["branch_epochs"] = _branch_epochs(fields.get("branch_epochs"), partial, where)
+    v["branch_epochs"] = _branch_epochs(raw["branch_epochs"], partial, where)
     return BranchConfig(**v, origin=origin)
 
 
 def _variants(value, momentum: float, where: dict) -> tuple:
     if not isinstance(value, list) or not value:
-        _fail(where, "variants", f"must be a non-empty list of [lr_scale, momentum_scale, wd_scale], got {value!r}")
+        fail(where, "variants", f"must be a non-empty list of [lr_scale, momentum_scale, wd_scale], got {value!r}")
     out = []
     for i, item in enumerate(value):
         if not (isinstance(item, list) and len(item) == 3):
-            _fail(where, "variants", f"item {i + 1} must be [lr_scale, momentum_scale, wd_scale], got {item!r}")
-        scales = tuple(_value(x, float, False, 0.0, True, "variants", where) for x in item)
+            fail(where, "variants", f"item {i + 1} must be [lr_scale, momentum_scale, wd_scale], got {item!r}")
+        scales = tuple(check_value(SCALE, x, where) for x in item)
         if momentum * scales[1] >= 1:
-            _fail(where, "variants", f"item {i + 1}: momentum {momentum:g} × {scales[1]:g} must stay < 1")
+            fail(where, "variants", f"item {i + 1}: momentum {momentum:g} × {scales[1]:g} must stay < 1")
         out.append(scales)
     if len(set(out)) != len(out):
-        _fail(where, "variants", "lists a variant twice")
+        fail(where, "variants", "lists a variant twice")
     return tuple(out)
 
 
@@ -230,7 +167,7 @@ def _corruptions(suites, severities, where: dict) -> tuple[tuple[str, ...], str]
     if isinstance(suites, str):
         suites = [suites]
     if not isinstance(suites, list) or not all(isinstance(x, str) for x in suites):
-        _fail(where, "corruptions", f"must be a list of suites such as [imagenet-c], got {suites!r}")
+        fail(where, "corruptions", f"must be a list of suites such as [imagenet-c], got {suites!r}")
     severities = str(severities if severities is not None else "3")
     try:
         levels = parse_severities(severities)
@@ -238,7 +175,7 @@ def _corruptions(suites, severities, where: dict) -> tuple[tuple[str, ...], str]
             parse_suite(text, levels)
     except LadleError as e:
         field = "severities" if str(e).startswith("severities") else "corruptions"
-        _fail(where, field, str(e).partition(": ")[2])
+        fail(where, field, str(e).partition(": ")[2])
     return tuple(suites), severities
 
 
@@ -249,24 +186,24 @@ def _branch_epochs(value, cfg: BranchConfig, where: dict) -> tuple[int, ...]:
     if isinstance(value, str):
         m = re.fullmatch(r"\s*from\s+(\d+)(?:\s+every\s+(\d+))?\s*", value)
         if not m:
-            _fail(where, "branch_epochs", f"must be a list of epochs, 'from E' or 'from E every K', got {value!r}")
+            fail(where, "branch_epochs", f"must be a list of epochs, 'from E' or 'from E every K', got {value!r}")
         start, every = int(m.group(1)), int(m.group(2) or 0)
         epochs = [e for e in kept if e >= start and e < cfg.branch_end and (not every or (e - start) % every == 0)]
         if not epochs:
-            _fail(where, "branch_epochs", f"'{value}' selects no checkpoint epoch before branch_end {cfg.branch_end}")
+            fail(where, "branch_epochs", f"'{value}' selects no checkpoint epoch before branch_end {cfg.branch_end}")
         return tuple(epochs)
     if not isinstance(value, list) or not value:
-        _fail(where, "branch_epochs", f"must be a non-empty list of epochs or 'from E', got {value!r}")
-    epochs = [_value(e, int, False, 1, False, "branch_epochs", where) for e in value]
+        fail(where, "branch_epochs", f"must be a non-empty list of epochs or 'from E', got {value!r}")
+    epochs = [check_value(EPOCH, e, where) for e in value]
     for e in epochs:
         if e not in kept:
-            _fail(where, "branch_epochs", f"epoch {e} is not a checkpoint (every {cfg.checkpoint_every} epochs up to "
+            fail(where, "branch_epochs", f"epoch {e} is not a checkpoint (every {cfg.checkpoint_every} epochs up to "
                                           f"{cfg.epochs})")
         if e >= cfg.branch_end:
-            _fail(where, "branch_epochs", f"epoch {e} leaves nothing to train: branches train to branch_end "
+            fail(where, "branch_epochs", f"epoch {e} leaves nothing to train: branches train to branch_end "
                                           f"{cfg.branch_end}")
     if len(set(epochs)) != len(epochs):
-        _fail(where, "branch_epochs", f"lists an epoch twice: {value!r}")
+        fail(where, "branch_epochs", f"lists an epoch twice: {value!r}")
     return tuple(sorted(epochs))
 
 
@@ -652,7 +589,6 @@ def _load(spec: str, image_size: int, seed: int):
     return _DATA[key]
 
 
-
 def study_branch_points(out: Path, *, config=None, executor=None, db=None, device=None, progress: bool = False) -> dict:
     """The whole study, resumable through the store: train the stock and its branches, grid every pair at
     α = 0.5 (clean and corrupted), analyse, and write the report to OUT/report. Returns the analysis."""
@@ -662,7 +598,7 @@ def study_branch_points(out: Path, *, config=None, executor=None, db=None, devic
     from ladle.results.store import ResultStore
     from ladle.studies.grid import GridSettings, pairs_from_store, run_grid
 
-    cfg = load_branch_config(config)
+    cfg = config if isinstance(config, BranchConfig) else load_branch_config(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     db = Path(db or out / "results.sqlite")

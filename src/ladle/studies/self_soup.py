@@ -19,20 +19,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ladle.config import SELF_SOUP_FIELDS, check_fields, fail, read_layers
 from ladle.errors import LadleError
-from ladle.training.config import _check_value, _fail
 
 DEFAULT_CONFIG = "self-soup.yaml"
 PAPER_GAINS = {"imagenet-c": 3.5, "laion-c": 7.0}  # published gains of self-souping over the best single ingredient
-
-# field -> (type, nullable, lowest value, strict)
-FIELDS: dict[str, tuple[type, bool, float | None, bool]] = {
-    "model": (str, False, None, False), "data": (str, False, None, False), "image_size": (int, False, 8, False),
-    "seed": (int, False, 0, False), "pool_fraction": (float, False, 0.0, True), "target": (object, False, None, False),
-    "severity": (int, False, 1, False), "ssl": (object, False, None, False), "ssl_steps": (int, False, 1, False),
-    "ssl_lr": (float, False, 0.0, True), "ssl_batch_size": (int, False, 2, False), "ft_epochs": (int, False, 1, False),
-    "lp_steps": (int, False, 0, False), "season_epochs": (int, False, 1, False), "threads": (int, False, 1, False),
-}
 
 
 @dataclass(frozen=True)
@@ -58,36 +49,13 @@ class SelfSoupConfig:
 def load_self_soup_config(path: str | Path | None = None, overrides: dict | None = None) -> SelfSoupConfig:
     """The shipped default, a file on top (a bare shipped name such as `paper-in-c.yaml` works), then overrides.
     Errors name the file, the line and the field in one line."""
-    from ladle.soup.recipe_file import read_yaml_mapping
     from ladle.studies.branch_points import default_config_path
 
-    fields: dict = {}
-    where: dict[str, str] = {}
-    layers = [default_config_path(DEFAULT_CONFIG)]
-    if path is not None:
-        path = Path(path)
-        if not path.exists() and path.parent == Path(".") and default_config_path(path.name).is_file():
-            path = default_config_path(path.name)
-        layers.append(path)
-    for layer in layers:
-        data, lines = read_yaml_mapping(layer)
-        for k, v in data.items():
-            fields[k], where[k] = v, f"{layer}:{lines.get(k, '?')}"
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            fields[k], where[k] = v, "overrides"
-    for k in fields:
-        if k not in FIELDS:
-            _fail(where, k, f"unknown field (known fields: {', '.join(FIELDS)})")
-    v = {k: fields.get(k) if kind is object else _check_value(fields.get(k), kind, low, k, where, nullable=nullable,
-                                                                strict=strict)
-         for k, (kind, nullable, low, strict) in FIELDS.items()}
-    if v["pool_fraction"] >= 1 or v["severity"] > 5:
-        _fail(where, "pool_fraction" if v["pool_fraction"] >= 1 else "severity", "out of range (pool_fraction < 1, "
-              "severity 1-5)")
-    v["target"] = _targets(v["target"], v["severity"], where)
-    v["ssl"] = _ssl_runs(v["ssl"], where)
-    return SelfSoupConfig(**v, origin=str(layers[-1]))
+    layered = read_layers(SELF_SOUP_FIELDS, default_config_path(DEFAULT_CONFIG), path, overrides)
+    v = check_fields(SELF_SOUP_FIELDS, layered)
+    v["target"] = _targets(v["target"], v["severity"], layered.where)
+    v["ssl"] = _ssl_runs(v["ssl"], layered.where)
+    return SelfSoupConfig(**v, origin=layered.origin)
 
 
 def _targets(value, severity: int, where: dict) -> tuple[str, ...]:
@@ -96,12 +64,12 @@ def _targets(value, severity: int, where: dict) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
-        _fail(where, "target", f"must be a list of suites such as [imagenet-c:fog, laion-c], got {value!r}")
+        fail(where, "target", f"must be a list of suites such as [imagenet-c:fog, laion-c], got {value!r}")
     try:
         for text in value:
             parse_suite(text, (severity,))
     except LadleError as e:
-        _fail(where, "target", str(e).partition(": ")[2])
+        fail(where, "target", str(e).partition(": ")[2])
     return tuple(value)
 
 
@@ -109,11 +77,11 @@ def _ssl_runs(value, where: dict) -> tuple[dict, ...]:
     from ladle.training.objectives import knobs_of, make_objective, objective_class
 
     if not isinstance(value, list) or not value:
-        _fail(where, "ssl", f"must be a list of {{objective: NAME, knob: value, …}}, got {value!r}")
+        fail(where, "ssl", f"must be a list of {{objective: NAME, knob: value, …}}, got {value!r}")
     runs = []
     for i, item in enumerate(value):
         if not isinstance(item, dict) or not isinstance(item.get("objective"), str):
-            _fail(where, "ssl", f"item {i + 1} must be a mapping with an objective, got {item!r}")
+            fail(where, "ssl", f"item {i + 1} must be a mapping with an objective, got {item!r}")
         knobs = {k: v for k, v in item.items() if k != "objective"}
         try:
             cls = objective_class(item["objective"])
@@ -124,7 +92,7 @@ def _ssl_runs(value, where: dict) -> tuple[dict, ...]:
             if not make_objective(item["objective"], **knobs).encoder_only:
                 raise LadleError(f"objective: {item['objective']} is not self-supervised")
         except (LadleError, ValueError, TypeError) as e:
-            _fail(where, "ssl", f"item {i + 1}: {str(e).partition(': ')[2] or e}")
+            fail(where, "ssl", f"item {i + 1}: {str(e).partition(': ')[2] or e}")
         runs.append(dict(item))
     return tuple(runs)
 

@@ -237,10 +237,12 @@ def study_soups(seeds: list[int], out: Path, *, runs: int = 8, quick: bool = Fal
     if len(todo) < len(seeds):
         print(f"study: {len(seeds) - len(todo)} of {len(seeds)} seeds already in {db}; running {len(todo)}", flush=True)
     if config is not None:
+        from ladle.config import find_config
         from ladle.training import load_config
+        from ladle.training.config import default_config_path
 
         load_config(config)  # a bad config fails now, in one line, not in every worker
-        config = str(Path(config).resolve())
+        config = str(find_config(config, default_config_path().parent).resolve())  # workers run elsewhere
     tasks = [{"seed": s, "out": str(out), "db": str(db), "runs": runs, "quick": quick, "device": device or "cpu",
               "config": config,
               "threads": max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo))))} for s in todo]

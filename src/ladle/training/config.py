@@ -17,35 +17,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ladle.config import SWEEP_FIELDS, SWEEP_LEADING, SWEEP_PARTS, SWEEP_SETTINGS, SWEEP_TRAILING, Field, \
+    check_field, check_fields, fail, read_layers
 from ladle.errors import LadleError
 
 DEFAULT_CONFIG = "demo.yaml"
-
-# Fields fixed for the whole sweep: type, whether null is allowed, lowest value.
-SETTINGS: dict[str, tuple[type, bool, float | None]] = {
-    "model": (str, False, None),
-    "num_classes": (int, True, 1),  # null: the data's class count
-    "data": (str, False, None),  # a data SOURCE: its train split trains, its heldout split scores
-    "data_seed": (int, True, 0),  # null: the sweep seed (which split of the data)
-    "image_size": (int, False, 1),
-    "seed": (int, False, 0),
-    "runs": (int, False, 0),  # 0: the stock only
-    "threads": (int, False, 1),
-    "lp_steps": (int, False, 0),
-    "lp_lr": (float, False, 0.0),
-    "steps": (int, True, 1),  # optimiser steps per run; null: `epochs` decide
-}
-CHOICES = ("objective", "optimiser", "schedule", "bn")  # names in the registries
-# Hyper-parameters every run has (type, lowest value): drawn before the parts' knobs, and after them.
-LEADING = {"lr": (float, 0.0), "weight_decay": (float, 0.0)}
-TRAILING = {"epochs": (int, 1), "batch_size": (int, 1)}
-RANGES = {"lr": "> 0", "lp_lr": "> 0"}  # strictly positive; other lows are inclusive
+CHOICES = tuple(f.name for f in SWEEP_PARTS)  # names in the registries
+SETTINGS = tuple(f.name for f in SWEEP_SETTINGS)  # fixed for the whole sweep
 
 
 @dataclass(frozen=True)
@@ -110,117 +93,33 @@ def _factory(part: str, name: str):
 
 
 def load_config(config: dict | str | Path | None = None, overrides: dict | None = None) -> SweepConfig:
-    """The default config, then a file (or dict) on top, then overrides (None values are ignored)."""
-    from ladle.soup.recipe_file import read_yaml_mapping
-
-    default_path = default_config_path()
-    fields, where = {}, {}
-
-    def layer(values: dict, label, lines: dict | None = None, base: Path | None = None):
-        for k, v in values.items():
-            if v is None and label == "overrides":
-                continue
-            if base is not None and k in ("model", "data") and isinstance(v, str) and not Path(v).is_absolute() \
-                    and (base / v).exists():
-                v = str(base / v)  # a relative folder is relative to the config file, as in recipe files
-            fields[k] = v
-            where[k] = f"{label}:{lines[k]}" if lines and k in lines else str(label)
-
-    data, lines = read_yaml_mapping(default_path)
-    layer(data, default_path, lines)
-    explicit: set[str] = set()
-    origin = "config"
-    if isinstance(config, dict):
-        layer(config, "config")
-        explicit |= set(config)
-    elif config is not None:
-        path = Path(config)
-        shipped = default_config_path().with_name(path.name)
-        if not path.exists() and path.parent == Path(".") and shipped.is_file():
-            path = shipped  # `--config ssl-sweep.yaml`: the example shipped with ladle
-        data, lines = read_yaml_mapping(path)
-        layer(data, path, lines, path.parent)
-        explicit |= set(data)
-        origin = str(path)
-    if overrides:
-        layer(overrides, "overrides")
-        explicit |= {k for k, v in overrides.items() if v is not None}
-    return _validate(fields, where, explicit, origin)
+    """The default config, then a file (or dict) on top, then overrides (None values are ignored); a bare name
+    shipped with ladle (`ssl-sweep.yaml`) is that one."""
+    return _validate(read_layers(SWEEP_FIELDS, default_config_path(), config, overrides))
 
 
-def _fail(where: dict, field: str, problem: str):
-    raise LadleError(f"{where.get(field, 'config')}: field '{field}': {problem}")
-
-
-def _check_value(value, kind: type, low, field: str, where: dict, nullable: bool = False, strict: bool = False):
-    """One value converted to its kind, or a one-line error naming where it was given."""
-    if value is None and nullable:
-        return None
-    if kind is float and isinstance(value, str):
-        try:  # PyYAML reads 1e-4 (no dot) as a string
-            value = float(value)
-        except ValueError:
-            pass
-    ok = {bool: isinstance(value, bool),
-          int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          str: isinstance(value, str)}[kind]
-    if not ok:
-        names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-        _fail(where, field, f"must be {names[kind]}{' or null' if nullable else ''}, got {value!r}")
-    if kind is float:
-        value = float(value)
-        if not math.isfinite(value):
-            _fail(where, field, f"must be a finite number, got {value!r}")
-    if low is not None and kind in (int, float):
-        if (strict or RANGES.get(field) == "> 0") and value <= low:
-            _fail(where, field, f"must be > {low:g}, got {value!r}")
-        if value < low:
-            _fail(where, field, f"must be ≥ {low:g}, got {value!r}")
-    return value
-
-
-def _values(value, kind: type, low, field: str, where: dict) -> tuple:
-    """A field of the search space: one value or a non-empty list of them."""
-    if isinstance(value, dict):
-        _fail(where, field, f"must be one value or a list of values, got a mapping {value!r}")
-    values = list(value) if isinstance(value, list) else [value]
-    if not values:
-        _fail(where, field, "must list at least one value")
-    out = tuple(_check_value(v, kind, low, field, where) for v in values)
-    if len(set(map(repr, out))) != len(out):
-        _fail(where, field, f"lists a value twice: {list(value)!r}")
-    return out
-
-
-def _validate(fields: dict, where: dict, explicit: set[str], origin: str) -> SweepConfig:
+def _validate(layered) -> SweepConfig:
     from ladle.data.load import parse_spec
     from ladle.training.objectives import knobs_of
 
+    fields, where = layered.values, layered.where
     registries = _registries()
-    settings = {k: _check_value(fields.get(k), kind, low, k, where, nullable)
-                for k, (kind, nullable, low) in SETTINGS.items()}
-    settings["data"] = parse_spec(settings["data"])[0]  # a source; a split given with it is dropped
-    if settings["data_seed"] is None:
-        settings["data_seed"] = settings["seed"]
-    space: dict[str, tuple] = {}
-    for part in CHOICES:
-        names = _values(fields.get(part), str, None, part, where)
+    parts: dict[str, tuple] = {}
+    for f in SWEEP_PARTS:
+        names = check_field(f, fields.get(f.name), where)
         for name in names:
-            if part == "objective" and ":" in name:
+            if f.name == "objective" and ":" in name:
                 try:
-                    _factory(part, name)
+                    _factory(f.name, name)
                 except LadleError as e:
-                    _fail(where, part, str(e).split(": ", 1)[1])
-            elif name not in registries[part]:
-                _fail(where, part, f"unknown {part} '{name}' (known: {', '.join(registries[part])})")
-        space[part] = names
-    for field, (kind, low) in LEADING.items():
-        space[field] = _values(fields.get(field), kind, low, field, where)
+                    fail(where, f.name, str(e).split(": ", 1)[1])
+            elif name not in registries[f.name]:
+                fail(where, f.name, f"unknown {f.name} '{name}' (known: {', '.join(registries[f.name])})")
+        parts[f.name] = names
 
     # knobs: the keyword-only parameters (with defaults) of the listed parts, in registry order
     def ordered(part):
-        listed = space[part]
+        listed = parts[part]
         return [n for n in registries[part] if n in listed] + [n for n in listed if n not in registries[part]]
 
     owners: dict[str, list[tuple[str, str]]] = {}  # knob -> [(part, name)]
@@ -232,23 +131,25 @@ def _validate(fields: dict, where: dict, explicit: set[str], origin: str) -> Swe
                 defaults.setdefault(knob, default)
     all_knobs = {k for part in ("objective", "optimiser", "schedule") for n in registries[part]
                  for k in knobs_of(_factory(part, n))}
-    known = [*SETTINGS, *CHOICES, *LEADING, *TRAILING, *sorted(all_knobs | set(owners))]
-    for field in fields:
-        if field not in known:
-            _fail(where, field, f"unknown field (known fields: {', '.join(known)})")
-    for field in explicit:
-        if field in all_knobs and field not in owners:
+    values = check_fields(SWEEP_FIELDS, layered, more=sorted(all_knobs | set(owners)))
+    for name in layered.explicit:
+        if name in all_knobs and name not in owners:
             users = [f"{p} '{n}'" for p in ("objective", "optimiser", "schedule") for n in registries[p]
-                     if field in knobs_of(_factory(p, n))]
-            listed = "; ".join(f"{p}: {', '.join(space[p])}" for p in ("objective", "optimiser", "schedule"))
-            _fail(where, field, f"not used by this sweep ({listed}); it belongs to {', '.join(users)}")
+                     if name in knobs_of(_factory(p, n))]
+            listed = "; ".join(f"{p}: {', '.join(parts[p])}" for p in ("objective", "optimiser", "schedule"))
+            fail(where, name, f"not used by this sweep ({listed}); it belongs to {', '.join(users)}")
+    settings = {f.name: values[f.name] for f in SWEEP_SETTINGS}
+    settings["data"] = parse_spec(settings["data"])[0]  # a source; a split given with it is dropped
+    if settings["data_seed"] is None:
+        settings["data_seed"] = settings["seed"]
+    space = parts | {f.name: values[f.name] for f in SWEEP_LEADING}  # draw order: parts, leading, knobs, trailing
     for knob, default in defaults.items():
         kind = type(default) if type(default) in (bool, int, float, str) else str
-        space[knob] = _values(fields[knob], kind, None, knob, where) if knob in fields else (default,)
-    for field, (kind, low) in TRAILING.items():
-        space[field] = _values(fields.get(field), kind, low, field, where)
+        knob_field = Field(knob, kind, default, "a knob of a listed part", many=True)
+        space[knob] = check_field(knob_field, fields[knob], where) if knob in fields else (default,)
+    space |= {f.name: values[f.name] for f in SWEEP_TRAILING}
     _check_combinations(space, owners, where)
-    return SweepConfig(settings, space, origin)
+    return SweepConfig(settings, space, layered.origin)
 
 
 def _check_combinations(space: dict, owners: dict, where: dict) -> None:
@@ -273,7 +174,7 @@ def _check_combinations(space: dict, owners: dict, where: dict) -> None:
                 except (ValueError, TypeError) as e:
                     field = knobs[0] if knobs else part
                     values = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-                    _fail(where, field, f"{part} '{name}' rejects {values}: {str(e).splitlines()[0]}")
+                    fail(where, field, f"{part} '{name}' rejects {values}: {str(e).splitlines()[0]}")
 
 
 def sample_run(config: SweepConfig, run: int) -> Run:
