@@ -1,5 +1,6 @@
-"""Executors: task order, a task's own exception, spec parsing, Ray on loopback only, and corrupted sets built
-through an executor byte for byte like a serial build."""
+"""Executors: task order, a task's own exception, spec parsing, Ray on loopback only, corrupted sets built
+through an executor byte for byte like a serial build, and the tasks' progress lines relayed to a log while
+they run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ladle.data import load_data
 from ladle.errors import LadleError
 from ladle.execution import make_executor
 from ladle.execution.local import LocalExecutor
+from ladle.execution.progress import Relay
 from ladle.shifts.corruptions import CorruptionCache, StoredSet, corrupted_sets, parse_severities, parse_suite
 
 
@@ -25,6 +28,19 @@ def slow_square(task: dict) -> tuple[int, int]:
     """Earlier tasks sleep longer, so they finish last: the order of results must still be the task order."""
     time.sleep(task["sleep"])
     return task["i"] ** 2, os.getpid()
+
+
+def reporting_task(task: dict) -> tuple[int, bool]:
+    """Counts steps under a progress bar until the test, having read this task's lines in the log, creates the
+    task's `go` file: a task whose lines reached the caller only at its end would wait out its deadline."""
+    from ladle.progress import progress_bar
+
+    go, deadline = Path(task["go"]), time.monotonic() + 60
+    with progress_bar(desc="work", unit="step") as bar:
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+            bar.update()
+    return task["i"] * 10, go.exists()
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +79,87 @@ def test_a_worker_that_dies_is_one_line_and_the_executor_recovers():
         with pytest.raises(LadleError, match=r"^executor: a local:2 worker process died .* run again to resume$"):
             list(executor.map(os._exit, [3, 3]))
         assert list(executor.map(parse_severities, ["2", "4"])) == [(2,), (4,)]  # a fresh pool
+
+
+def relay_to_log(executor, folder: Path, monkeypatch, lines_before_go: int = 2) -> tuple[list, dict[str, list]]:
+    """Maps reporting_task over two tasks with stderr a log file (not a terminal), one line in the log at most
+    every 2 s per task; reads the log as it grows and lets a task finish once `lines_before_go` of its lines are
+    in. Returns the results and, per tag, the (seconds since the start, line) of each of its lines."""
+    import ladle.progress
+
+    monkeypatch.setattr(ladle.progress, "LOG_EVERY", 2.0)
+    monkeypatch.delenv("LADLE_PROGRESS", raising=False)
+    log = folder / "log"
+    tasks = [{"i": i, "go": str(folder / f"go-{i}")} for i in range(2)]
+    results, seen = [], {"item 0": [], "item 1": []}
+    with log.open("w") as stream:
+        monkeypatch.setattr(sys, "stderr", stream)
+        start = time.monotonic()
+        mapping = threading.Thread(target=lambda: results.extend(
+            executor.map(reporting_task, tasks, desc="", tag=lambda t: f"item {t['i']}")))
+        mapping.start()
+        read = 0
+        while mapping.is_alive() and time.monotonic() - start < 90:
+            new = log.read_text().splitlines()[read:]
+            read += len(new)
+            for line in new:
+                seen[line[1:line.index("]")]].append((time.monotonic() - start, line))
+            for i in range(2):
+                if len(seen[f"item {i}"]) >= lines_before_go:
+                    Path(tasks[i]["go"]).touch()
+            time.sleep(0.05)
+        mapping.join(30)
+        monkeypatch.undo()
+    for line in log.read_text().splitlines()[read:]:
+        seen[line[1:line.index("]")]].append((time.monotonic() - start, line))
+    return results, seen
+
+
+def assert_relayed(results: list, seen: dict[str, list]) -> None:
+    assert results == [(0, True), (10, True)]  # each task ended because its lines were read while it ran
+    for tag, lines in seen.items():
+        times = [t for t, _ in lines]
+        assert all(line.startswith(f"[{tag}] work: ") and " steps, " in line for _, line in lines), lines
+        assert 2 <= len(lines) <= 3, lines  # the two that let it go, perhaps a closing line
+        assert times[1] - times[0] >= 2.0 - 0.3, lines  # one line per task per interval (read every 0.05 s)
+        assert int(lines[-1][1].split(" steps")[0].rsplit(" ", 1)[1]) >= 20  # the count moves on: a live task
+
+
+def test_a_tasks_progress_reaches_a_log_tagged_while_it_runs_on_local_processes(local2, tmp_path, monkeypatch):
+    results, seen = relay_to_log(local2, tmp_path, monkeypatch)
+    assert_relayed(results, seen)
+
+
+def test_the_relay_holds_early_lines_prints_the_closing_one_and_drops_late_ones(capsys, monkeypatch):
+    monkeypatch.delenv("LADLE_PROGRESS", raising=False)
+    relay = Relay(["seed 0", "seed 1"], every=3600.0)
+    relay.take([(0, "train: 1/8 runs"), (1, "train: 1/8 runs"), (0, "train: 2/8 runs")])  # the newest of each
+    relay.take([(0, "train: 3/8 runs")])  # within the interval: held
+    relay.end(0)  # its newest line, held since the interval was not up, closes it
+    relay.take([(0, "train: 4/8 runs")])  # after its end: dropped
+    relay.tick()
+    assert capsys.readouterr().err.splitlines() == ["[seed 0] train: 2/8 runs", "[seed 1] train: 1/8 runs",
+                                                    "[seed 0] train: 3/8 runs"]
+
+
+def test_a_sweep_logged_to_a_file_shows_each_runs_progress_while_it_runs(tmp_path):
+    """End to end, as `ladle train sweep ... > log 2>&1` on local:2: the runs' lines reach the log, tagged,
+    before any run ends (before, the first word from a worker came with its end)."""
+    log = tmp_path / "log"
+    command = [sys.executable, "-m", "ladle", "train", "sweep", "--model", "ladle.models:tiny_cnn", "--data", "digits",
+               "--image-size", "16", "--runs", "2", "--epochs", "50", "--lp-steps", "2", "--executor", "local:2",
+               "--out", str(tmp_path / "sweep")]
+    with log.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=300,
+                              env={**os.environ, "LADLE_PROGRESS": "1"})
+    lines = log.read_text().splitlines()
+    assert done.returncode == 0, lines
+    for run in ("[run 0] ", "[run 1] "):
+        # the parent prints in order, and of the lines that reach it together only a task's newest: a line of a
+        # run printed before the run's closing (100%) line was printed before that one was sent, in mid-run
+        own = [line for line in lines if line.startswith(run)]
+        assert own and all("fine-tune seed" in line for line in own), lines
+        assert "(100%)" not in own[0] and "(100%)" in own[-1], lines
 
 
 def test_make_executor_specs():
@@ -258,6 +355,18 @@ def test_a_ray_map_left_early_cancels_only_the_tasks_not_yet_done(ray_executor, 
     monkeypatch.undo()
     ray.cancel(refs[2], force=True)
     assert list(ray_executor.map(parse_severities, ["2"])) == [(2,)]  # the driver is alive and well
+
+
+def test_a_tasks_progress_reaches_a_log_tagged_while_it_runs_on_ray(ray_executor, tmp_path, monkeypatch):
+    from ray import cloudpickle
+
+    this = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(this)
+    try:
+        results, seen = relay_to_log(ray_executor, tmp_path, monkeypatch)
+    finally:
+        cloudpickle.unregister_pickle_by_value(this)
+    assert_relayed(results, seen)
 
 
 def test_ray_builds_the_same_cache_files_as_serial_and_local(tmp_path, digits, local2, ray_executor):

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-from ladle.progress import LogLines, progress_bar
+import ladle.progress
+from ladle.progress import RELAY_EVERY, LogLines, progress_bar, relayed
 
 
 def test_quick_work_says_nothing_in_a_log():
@@ -65,3 +66,18 @@ def test_a_logged_loop_prints_plain_lines_not_a_carriage_return_flood():
                           env={**os.environ, "LADLE_PROGRESS": "1"})
     assert done.returncode == 0 and "\r" not in done.stderr
     assert done.stderr.splitlines()[0].startswith("train: 1/50 steps (2%), ")
+
+
+def test_a_relayed_task_sends_its_lines_to_the_caller_and_never_fails_for_them(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # even at a terminal: no tqdm bar
+    monkeypatch.setenv("LADLE_PROGRESS", "0")  # the caller's setting decides what is printed, not the worker's
+    sent = []
+    with relayed(sent.append):
+        bar = progress_bar(total=4, desc="train run 3", unit="step")
+        assert isinstance(bar, LogLines) and bar.enabled and bar.every == RELAY_EVERY
+        bar.every = 0.0
+        bar.update()
+        with relayed(lambda line: 1 / 0):  # a line that cannot be sent is dropped
+            LogLines(total=1, desc="x", every=0.0).update()
+    assert sent == [sent[0]] and sent[0].startswith("train run 3: 1/4 steps (25%), ")
+    assert ladle.progress._send is None and not progress_bar(range(2), desc="x").enabled  # put back on leaving

@@ -3,6 +3,9 @@
 A bar redrawn with carriage returns becomes thousands of lines in a log file; a log gets instead one line per
 `LOG_EVERY` seconds ("cook uniform: 120/296 tensors (41%), 6 s") and a closing line, and nothing at all for work
 that ends within the first interval, so quick commands stay quiet. `LADLE_PROGRESS=0` silences both forms.
+
+A task running in an executor's worker has no reader of its own: within `relayed(send)` its lines go to
+send(line), a line every `RELAY_EVERY` seconds, and the caller prints them tagged with the task.
 """
 
 from __future__ import annotations
@@ -10,14 +13,20 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 LOG_EVERY = 5.0  # seconds between two plain lines in a log
+RELAY_EVERY = 1.0  # seconds between two lines sent to the caller: it rate-limits what it prints, per task
+
+_send: Callable[[str], None] | None = None  # set while a task runs relayed (see `relayed`)
 
 
 def progress_enabled() -> bool:
-    return os.environ.get("LADLE_PROGRESS", "1") != "0"
+    """LADLE_PROGRESS=0 silences progress; a relayed task always reports, since its caller's setting decides
+    what is printed (a Ray worker's environment need not be the caller's)."""
+    return _send is not None or os.environ.get("LADLE_PROGRESS", "1") != "0"
 
 
 def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
@@ -25,7 +34,7 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
     """A tqdm bar when stderr is a terminal, else a `LogLines` reporter with the same small interface
     (iterate, update, set_postfix_str, close, context manager). `enabled=False` gives a silent one."""
     on = enabled and progress_enabled() and bool(desc)
-    if on and sys.stderr.isatty():
+    if on and sys.stderr.isatty() and _send is None:
         from tqdm import tqdm
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave)
@@ -41,7 +50,7 @@ class LogLines:
             total = len(iterable)
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.n, self.enabled = initial, enabled
-        self.every = LOG_EVERY if every is None else every
+        self.every = every if every is not None else RELAY_EVERY if _send is not None else LOG_EVERY
         self.stream = stream
         self.postfix = ""
         self.start = self.last = time.monotonic()
@@ -73,7 +82,7 @@ class LogLines:
         return f"{self.desc}: {done} {_plural(self.unit, self.total or self.n)}{share}, {time.monotonic() - self.start:.0f} s{tail}"
 
     def _say(self) -> None:
-        print(self.line(), file=self.stream or sys.stderr, flush=True)
+        say(self.line(), self.stream)
         self.last = time.monotonic()
         self.said = (self.n, self.postfix)
 
@@ -91,6 +100,35 @@ class LogLines:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def say(line: str, stream=None) -> None:
+    """One progress line: to the caller when this runs as a relayed task, else on stderr (above a tqdm bar there).
+
+    A line that cannot be sent is dropped: progress never fails the work it reports on."""
+    if stream is None and _send is not None:
+        try:
+            _send(line)
+        except Exception:  # noqa: BLE001
+            pass
+    elif stream is None and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=stream or sys.stderr, flush=True)
+
+
+@contextmanager
+def relayed(send: Callable[[str], None]):
+    """Within: progress lines go to send(line), never to a terminal bar. An executor's worker runs each task so,
+    since its stderr is nobody's to read (Ray's) or would mix untagged lines of several tasks (local processes)."""
+    global _send
+    previous, _send = _send, send
+    try:
+        yield
+    finally:
+        _send = previous
 
 
 def _plural(unit: str, n: int) -> str:

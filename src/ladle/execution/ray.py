@@ -4,11 +4,13 @@
     RayExecutor("HOST:PORT")            # joins a running cluster (`ray start --head` printed the address)
 
 A Ray already initialised in this process is reused and left running. Task functions must be importable on
-the workers, and the paths in the tasks must name a filesystem every worker sees.
+the workers, and the paths in the tasks must name a filesystem every worker sees. The tasks' progress lines
+come back through a Ray queue (an actor, one per executor), which the driver reads while it waits.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -16,7 +18,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from ladle.errors import LadleError
-from ladle.execution.progress import RemoteTraceback, in_order
+from ladle.execution.progress import POLL, RemoteTraceback, in_order, tags_of
 
 INSTALL = "pip install 'ladle[ray]' (or pip install ray)"
 # Ray binds its servers to the node's address: on Linux that is the address other machines reach, unless Ray
@@ -38,9 +40,10 @@ class RayExecutor:
         ray = import_ray()
         self.address = address
         self._started = False
-        self._remotes: dict[Callable, Any] = {}
+        self._remote = self._lines = None
+        self._maps = itertools.count()  # a line left over from an earlier map is never taken for this one's
         # Ray's own INFO/WARNING lines and the workers' stdout would interleave with ladle's output;
-        # tasks report through their results and their files.
+        # tasks report through their results, their files and their relayed progress lines.
         quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
         if ray.is_initialized():
             pass
@@ -67,16 +70,20 @@ class RayExecutor:
 
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any], *, desc: str = "") -> Iterator[Any]:
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any], *, desc: str = "",
+            tag: Callable[[Any], str] | None = None) -> Iterator[Any]:
         import ray
+        from ray.util.queue import Queue
 
-        remote = self._remotes.get(fn)
-        if remote is None:
-            remote = self._remotes[fn] = ray.remote(num_cpus=1)(fn)
-        refs = [remote.remote(task) for task in tasks]
+        if self._remote is None:
+            self._remote = ray.remote(num_cpus=1)(_relayed)
+            self._lines = Queue(actor_options={"num_cpus": 0})  # no CPU slot: it must never wait behind the tasks
+        tasks, number = list(tasks), next(self._maps)
+        refs = [self._remote.remote(fn, task, self._lines, (number, i)) for i, task in enumerate(tasks)]
         taken = 0
         try:
-            for result in in_order(refs, _wait, _get, desc):
+            for result in in_order(refs, _wait, _get, desc, receive=lambda: _receive(self._lines, number),
+                                   tags=tags_of(tasks, tag)):
                 taken += 1
                 yield result
         finally:
@@ -84,9 +91,12 @@ class RayExecutor:
 
     def close(self) -> None:
         """Shut Ray down if this executor started or joined it; a Ray someone else initialised stays up."""
-        if self._started:
-            import ray
+        import ray
 
+        if self._lines is not None and ray.is_initialized():
+            self._lines.shutdown()
+        self._remote = self._lines = None
+        if self._started:
             ray.shutdown()
             self._started = False
 
@@ -95,6 +105,23 @@ class RayExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _relayed(fn: Callable[[Any], Any], task: Any, lines, label: tuple[int, int]) -> Any:
+    """On a worker: fn(task), its progress lines put in the driver's queue as (label, line), label = (map, task).
+
+    Each put returns once the line is in the queue, so a task's lines are all there when its result is."""
+    from ladle.progress import relayed
+
+    with relayed(lambda line: lines.put_nowait((label, line))):
+        return fn(task)
+
+
+def _receive(lines, number: int) -> list[tuple[int, str]]:
+    """The progress lines in the queue, as (task index, line), for map `number` only."""
+    size = lines.qsize()
+    return [(index, line) for (map_number, index), line in (lines.get_nowait_batch(size) if size else [])
+            if map_number == number]
 
 
 def _cancel_unfinished(refs: list) -> None:
@@ -118,11 +145,11 @@ def _cancel_unfinished(refs: list) -> None:
 
 
 def _wait(pending: list) -> list:
-    """Block until one task is done, then take every other one that is done too."""
+    """Wait up to `POLL` seconds for one task to be done, then take every other one that is done too."""
     import ray
 
-    ready, rest = ray.wait(pending, num_returns=1)
-    if rest:
+    ready, rest = ray.wait(pending, num_returns=1, timeout=POLL)
+    if ready and rest:
         ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
     return ready
 

@@ -202,12 +202,13 @@ def seed_task(task: dict) -> dict:
     """Executor task: one seed of the study, in a worker; returns its rows (plain data)."""
     import torch
 
+    from ladle.progress import progress_enabled  # a worker's bars reach the caller: the executor relays them
     from ladle.results.store import ResultStore
 
     torch.set_num_threads(task["threads"])
     with ResultStore(task["db"]) as store:
         result = study_seed(Path(task["out"]), task["seed"], runs=task["runs"], quick=task["quick"], store=store,
-                            device=task["device"], progress=False, config=task["config"])
+                            device=task["device"], progress=progress_enabled(), config=task["config"])
     return {"seed": result.seed, "rows": result.rows, "ingredients": result.ingredients, "greedy_size": result.greedy_size}
 
 
@@ -247,7 +248,8 @@ def study_soups(seeds: list[int], out: Path, *, runs: int = 8, quick: bool = Fal
               "config": config,
               "threads": max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo))))} for s in todo]
     start = time.time()
-    for done, result in enumerate(executor.map(seed_task, tasks, desc="study seeds"), 1):
+    results = executor.map(seed_task, tasks, desc="study seeds", tag=lambda t: f"seed {t['seed']}")
+    for done, result in enumerate(results, 1):
         print(f"study: seed {result['seed']} done ({done}/{len(tasks)}, {(time.time() - start) / 60:.1f} min); "
               f"greedy kept {result['greedy_size']}", flush=True)
     executor.close()

@@ -126,13 +126,13 @@ def _sweep(cfg: SweepConfig, spec, train, heldout, out: Path, *, executor, store
     own = executor is None
     if own:
         executor = default_executor(len(tasks), cfg.threads, device)
-    inner = progress and getattr(executor, "name", "") == "local:1"  # per-run bars only where they can be seen
-    tasks = [replace(t, progress=inner) for t in tasks]
+    tasks = [replace(t, progress=progress) for t in tasks]  # per-run bars: a worker's reach the caller, relayed
     keys = [(d.source["spec"], d.source["image_size"], d.source["seed"]) for d in (train, heldout)]
     try:
         for key, data in zip(keys, (train, heldout)):  # runs in this process reuse them; workers load their own
             _remember(key, data)
-        for result in executor.map(train_run, tasks, desc="sweep" if progress else ""):  # the executor's bar
+        # the executor's bar over runs; each run's lines tagged with it
+        for result in executor.map(train_run, tasks, desc="sweep" if progress else "", tag=lambda t: f"run {t.run}"):
             records[result["run"]] = result
             _put(store, result, name)
     finally:
