@@ -92,17 +92,23 @@ class StreamSet:
         loader = torch.utils.data.DataLoader(
             _Decoded(self.examples, self.preprocess), batch_size=batch_size, shuffle=False, num_workers=workers,
             collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=2 if workers else None)
+        batches, died = iter(loader), None
         try:
-            for x, failure in loader:
+            for x, failure in batches:
                 if failure is not None:
                     i, error = failure
                     raise LadleError(error, file=self.examples.where(i))
                 yield x
-        except RuntimeError as e:
-            if "DataLoader worker" not in str(e):
+        except (RuntimeError, ConnectionError, EOFError) as e:  # a worker that dies mid-batch can break the pipe first
+            if not workers or (isinstance(e, RuntimeError) and "DataLoader worker" not in str(e)):
                 raise
-            raise LadleError(f"a data-loading worker died ({str(e).splitlines()[0]}); run with --workers 0 to see "
-                             "the failure in this process", file=self.source.get("path", self.source.get("spec"))) from None
+            died = str(e).splitlines()[0] or type(e).__name__  # raised below: no traceback keeps the workers alive
+        finally:  # workers stopped now, also when the caller stops early
+            getattr(batches, "_shutdown_workers", lambda: None)()
+            batches = None
+        if died:
+            raise LadleError(f"a data-loading worker died ({died}); run with --workers 0 to see the failure in this "
+                             "process", file=self.source.get("path", self.source.get("spec")))
 
     def cached(self, folder: Path | None = None, *, batch_size: int = 64, progress: bool = False) -> ImageSet:
         """The preprocessed uint8 images in a file under `folder` (default: ladle's cache folder), decoded once and

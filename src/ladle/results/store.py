@@ -136,7 +136,7 @@ def evaluation_key(model_id: str | None, keys: list[str], soup: list[tuple[list[
     BN policy beside it): the model (spec, head, transform, precision), which tensors, and the sha256 of each
     ingredient's files with its weight. A checkpoint tasted alone is itself at weight 1, so `taste` and `cook` reuse
     each other's logits."""
-    what = {"model": model_id, "keys": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
+    what = {"model": model_id, "keys": hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest(),
             "soup": [[list(files), float(w)] for files, w in soup if w != 0]}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
@@ -621,6 +621,38 @@ def _ladle_version() -> str:
 
     return __version__
 
+
+
+class DeferredStore:
+    """A results store file opened at its first write (or first read of a file that exists): a run that stops on
+    bad input before it has a result to keep leaves no store behind."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._store: ResultStore | None = None
+
+    def _opened(self) -> ResultStore:
+        if self._store is None:
+            self._store = ResultStore(self.path)
+        return self._store
+
+    def logits(self, *args, **kwargs):
+        if self._store is None and not self.path.exists():
+            return None  # nothing stored yet: no file to create for a read
+        return self._opened().logits(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._opened(), name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 @contextmanager
 def opened(store: ResultStore | None = None, db=None):

@@ -306,9 +306,10 @@ def taste_specs(checkpoints: list, *, tasting: TastingSpec | None = None, bn: st
                 progress: bool = False, readout: str = "head", knn_bank: str | None = None, **fields) -> TasteReport:
     """`taste` from a tasting spec (or its fields: model=…, data=[…], image_size=…) — what `ladle taste` calls:
     model and data built once, corruption suites parsed. `bn` may also be `all` (every policy side by side).
-    Evaluations go to the results store (`store`, or the file `db`, opened once the input is known to be good)."""
+    Evaluations go to the results store (`store`, or the file `db`, opened once the input is known to be good; by
+    default ladle's persistent logit cache, shared with `cook`)."""
     from ladle.evaluation.tasting import resolve
-    from ladle.results.store import opened
+    from ladle.results.store import DeferredStore, opened
     from ladle.shifts.corruptions import default_cache_dir, parse_severities, parse_suite
 
     if tasting is None:
@@ -333,7 +334,11 @@ def taste_specs(checkpoints: list, *, tasting: TastingSpec | None = None, bn: st
     elif readout != "head":
         raise LadleError(f"taste: --readout must be head or knn, got '{readout}'")
     cache = CorruptionCache(Path(corruption_cache) if corruption_cache else default_cache_dir())
-    with opened(store, db) as store:
+    if store is None and db is None:  # the persistent logit cache `cook` writes to: what it tasted is not redone
+        from ladle.evaluation.tasting import logit_cache
+
+        store = logit_cache()
+    with opened(store) if db is None else DeferredStore(db) as store:  # no store file before there is a result
         report = taste(checkpoints, resolved, bn=bn, uniform=uniform, progress=progress, corruptions=suites,
                        corruption_seed=corruption_seed, cache=cache, mce_baseline=mce_baseline, executor=executor,
                        store=store, knn_bank=bank)
