@@ -13,15 +13,9 @@ import ladle
 
 ROOT = Path(ladle.__file__).parent
 
-# Known to be wrong and being fixed elsewhere (the evaluation/ circle, soup/ -> evaluation/): tolerated until that
-# fix lands, then these are emptied and the tests hold the line. A circle is tolerated only as exactly these modules.
-KNOWN_CIRCLES: list[set[str]] = [
-    {"ladle.evaluation.evaluator", "ladle.evaluation.tasting", "ladle.evaluation.scorer"},
-]
-KNOWN_SOUP_EDGES: set[tuple[str, str]] = {
-    ("ladle.soup.cook", "ladle.evaluation.tasting"),
-    ("ladle.soup.recipe_file", "ladle.evaluation.tasting"),
-}
+# None tolerated: a circle or an edge from soup/ up into evaluation/ or studies/ fails the test, naming it.
+KNOWN_CIRCLES: list[set[str]] = []
+KNOWN_SOUP_EDGES: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

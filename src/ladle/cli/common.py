@@ -38,7 +38,7 @@ def add_params(parser: argparse.ArgumentParser, params, skip: tuple[str, ...] = 
     for p in params:
         if p.name in skip:
             continue
-        default = "" if p.required else f" (default {_show(p.default)})"
+        default = "" if p.required or p.default is None else f" (default {_show(p.default)})"  # None: its help says
         kwargs = {"dest": p.name, "default": None, "help": p.help + default}
         if p.type is bool:
             if p.default is None:  # unset: the caller decides; --X and --no-X both override
