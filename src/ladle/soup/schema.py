@@ -74,7 +74,7 @@ class Param:
             if self.default is None:  # unset: the caller decides; either flag overrides
                 return f"{self.flag} / --no-{self.flag[2:]} (flag): {self.help}"
             return f"--no-{self.flag[2:]} (flag): do not {self.help}" if self.default else f"{self.flag} (flag): {self.help}"
-        default = "required" if self.required else f"default {self.default!r}"
+        default = "required" if self.required else "optional" if self.default in (None, ()) else f"default {self.default!r}"
         return f"{self.flag} ({self.type_name}, {default}): {self.help}"
 
     def check(self, value, where: str = ""):
