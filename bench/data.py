@@ -267,7 +267,7 @@ def main() -> None:
     else:
         commands["greedy"] = (f"ladle cook greedy ×{N_INGREDIENTS}, heldout {n_heldout} (as it is)", greedy)
 
-    logs = work / "logs"
+    logs = work / ("logs-quick" if args.quick else "logs")
     logs.mkdir(exist_ok=True)
     soup.parent.mkdir(exist_ok=True)
     results: dict[str, list[dict]] = {k: [] for k in commands}
