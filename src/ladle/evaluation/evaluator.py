@@ -18,6 +18,7 @@ from ladle.progress import progress_bar
 from ladle.data.sets import ImageSet, fingerprint, unit
 from ladle.data.stream import StreamSet
 from ladle.errors import LadleError
+from ladle.heap import steady_heap
 from ladle.spec import BN_POLICIES
 from ladle.models.specs import load_weights
 
@@ -136,6 +137,7 @@ class Evaluator:
             raise LadleError("bn: 'recalibrate' needs data to recompute BatchNorm statistics on")
         if precision not in AUTOCAST:
             raise LadleError(f"precision: must be one of {', '.join(AUTOCAST)}, got '{precision}'")
+        steady_heap()  # activations allocated per batch must not fragment the heap over a long pass
         self.device = torch.device(device)
         self.model = channels_last(model.to(self.device)).eval()
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
