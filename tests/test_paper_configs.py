@@ -18,7 +18,7 @@ import pytest
 from ladle.studies.branch_points import load_branch_config, study_branch_points
 from ladle.studies.self_soup import load_self_soup_config, study_self_soup
 
-# 14 minutes together on 2 shared cores (ViT-B/16 at 224 px through a whole study): `-m "not slow"` leaves them out
+# about 5 minutes each on 2 shared cores (ViT-B/16 at 224 px through a whole study): `-m "not slow"` leaves them out
 slow = pytest.mark.slow
 
 
