@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -449,12 +448,9 @@ def test_cli_reads_a_store_through_pairs_from_store(analyze_cli, tmp_path, monke
         calls.append((type(store).__name__, grid, alpha))
         return hand_table()
 
-    try:
-        import ladle.studies.grid as grid_module
-    except ImportError:  # the grid module is not written yet: stand in for it
-        grid_module = types.ModuleType("ladle.studies.grid")
-        monkeypatch.setitem(sys.modules, "ladle.studies.grid", grid_module)
-    monkeypatch.setattr(grid_module, "pairs_from_store", pairs_from_store, raising=False)
+    import ladle.analysis.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "pairs_from_store", pairs_from_store)
     result = analyze_cli(db, "--json", "--alpha", "0.3", "--grid", "g1")
     assert result.code == 0, result.err
     assert calls == [("ResultStore", "g1", 0.3)]

@@ -18,7 +18,8 @@ from ladle.evaluation.evaluator import Evaluator, batchnorm_keys, metrics_from_l
 from ladle.evaluation.similarity import symmetric_kl
 from ladle.models.specs import tiny_cnn
 from ladle.results.store import ResultStore
-from ladle.studies.grid import GridSettings, build_context, mix_pair, pairs_from_store, parse_alphas, run_grid, split_scores
+from ladle.analysis.predict import pairs_from_store
+from ladle.studies.grid import GridSettings, build_context, mix_pair, parse_alphas, run_grid, split_scores
 from ladle.training.loop import cosine, sgd, train
 from ladle.training.objectives import CrossEntropy
 

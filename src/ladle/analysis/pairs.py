@@ -1,6 +1,6 @@
 """The pairs table: one row per souped pair, plus each model's own figures — what `ladle analyze` studies.
 
-It comes from a results store (`ladle.studies.grid.pairs_from_store`) or from two files, CSV or Parquet:
+It comes from a results store (`ladle.analysis.predict.pairs_from_store`) or from two files, CSV or Parquet:
   pairs:  a, b, soup_accuracy (percent), optional soup_loss, soup_corrupted_accuracy, soup_corrupted_loss,
           and any further numeric columns, each a similarity measure of the pair (e.g. kl, l2, cosine);
   models: model, accuracy (percent), optional loss, corrupted_accuracy, corrupted_loss, branch_epoch, variant.

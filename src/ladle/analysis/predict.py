@@ -21,20 +21,23 @@ from ladle.errors import LadleError
 BN_STATISTICS = re.compile(r"(^|\.)(running_mean|running_var|num_batches_tracked)$")
 
 
-def pair_measures(a, b, *, base=None, model: str | None = None, data: str | None = None, examples: int = 300,
-                  image_size: int = 64, num_classes: int | None = None, device: str | None = None,
-                  seed: int = 0) -> dict[str, float]:
-    """The similarity measures of two checkpoints (weights always; predictions when model and data are given)."""
+def pair_measures(a, b, *, base=None, tasting=None, examples: int = 300, **fields) -> dict[str, float]:
+    """The similarity measures of two checkpoints (weights always; predictions when a tasting spec — or its fields
+    model=…, data=… — gives a model and one data split, default split heldout)."""
+    from ladle.spec import TastingSpec
     from ladle.evaluation.similarity import pairwise_from_gram, prediction_measures
     from ladle.io.checkpoints import open_ingredient
 
     paths = [str(a), str(b)]
     exclude = {k for k in open_ingredient(paths[0]).keys() if BN_STATISTICS.search(k)}
     evaluator, split = None, None
-    if model is not None or data is not None:
-        if model is None or data is None:
-            raise LadleError("check --predict: the prediction measures need both --model and --data")
-        evaluator, split = _evaluator(model, data, image_size, num_classes, device, seed)
+    if tasting is None and (fields.get("model") or fields.get("data")):
+        data = fields.get("data")
+        tasting = TastingSpec.from_fields(fields | ({"data": [data]} if isinstance(data, str) else {}))
+    if tasting is not None:
+        if not tasting.model or len(tasting.data) != 1:
+            raise LadleError("check --predict: the prediction measures need both --model and --data (one split)")
+        evaluator, split = _evaluator(tasting)
         exclude = evaluator.bn_keys
     gram, task = weight_grams(paths, exclude, base=base)
     l2, cosine = pairwise_from_gram(gram)
@@ -47,16 +50,11 @@ def pair_measures(a, b, *, base=None, model: str | None = None, data: str | None
     return out
 
 
-def _evaluator(model, data, image_size, num_classes, device, seed):
-    from ladle.evaluation.evaluator import Evaluator, check_num_classes
-    from ladle.evaluation.tasting import default_device, load_model_and_data
+def _evaluator(tasting):
+    from ladle.evaluation.tasting import resolve
 
-    spec, splits, _ = load_model_and_data(model, [data], "heldout", num_classes=num_classes, image_size=image_size,
-                                          seed=seed)
-    (split, images), = splits.items()
-    net = spec.build()
-    check_num_classes(net, images, (images.x[:1] - 0.5) / 0.5)
-    return Evaluator(net, splits, mean=spec.mean, std=spec.std, device=device or default_device()), split
+    resolved = resolve(tasting, "heldout", cache_data=True)
+    return resolved.evaluator(), next(iter(resolved.splits))
 
 
 def weight_grams(paths: list[str], exclude: set[str], *, base=None, chunk: int = 1 << 20):

@@ -69,7 +69,7 @@ def _load(source, args):
         if args.models:
             raise LadleError("--models is for a pairs table; a results store holds its models' figures", file=args.models)
         from ladle.results.store import ResultStore
-        from ladle.studies.grid import pairs_from_store
+        from ladle.analysis.predict import pairs_from_store
 
         with ResultStore(source, create=False) as store:
             return pairs_from_store(store, grid=args.grid, alpha=0.5 if args.alpha is None else args.alpha)

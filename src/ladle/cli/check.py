@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ladle.cli.common import EXIT_BAD_INPUT, print_json, show_progress
+from ladle.cli.common import EXIT_BAD_INPUT, add_params, given, print_json, show_progress
 
 
 def add_parser(sub) -> None:
@@ -15,14 +15,10 @@ def add_parser(sub) -> None:
     will = p.add_argument_group("will it soup? (--predict, two checkpoints)")
     will.add_argument("--predict", action="store_true",
                       help="the similarity measures of two checkpoints and, with --db, the predicted gain probability")
-    will.add_argument("--model", help="model spec: adds the prediction measures (KL, disagreement, CKA) on --data")
-    will.add_argument("--data", metavar="SOURCE[:split]", help="images for the prediction measures (default split: heldout)")
+    add_params(will, _tasting())  # --model, --data (default split: heldout), --image-size, --device, …: the tasting spec
     will.add_argument("--examples", type=int, default=300, help="images the prediction measures use (default 300)")
     will.add_argument("--db", metavar="FILE.sqlite", help="a results store with a grid (ladle grid): fit P(gain > 0) on its pairs")
     will.add_argument("--grid", metavar="KEY", help="which grid of the store (default: its only one)")
-    will.add_argument("--image-size", dest="image_size", type=int, default=64, help="input resolution (default 64)")
-    will.add_argument("--num-classes", dest="num_classes", type=int, default=None, help="classes of the model's head")
-    will.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
 
 
 def run(args) -> int:
@@ -43,11 +39,12 @@ def run(args) -> int:
         print_json(report.to_dict()) if args.json else print(format_report(report))
         return 0 if report.ok else EXIT_BAD_INPUT
     from ladle.analysis.predict import format_prediction, pair_measures, predict_gain
+    from ladle.spec import TastingSpec
     from ladle.results.store import ResultStore
 
-    measures = pair_measures(*args.ingredients, base=args.base, model=args.model, data=args.data,
-                             examples=args.examples, image_size=args.image_size, num_classes=args.num_classes,
-                             device=args.device)
+    fields = given(args, _tasting())
+    tasting = TastingSpec.from_fields(fields) if fields.get("model") or fields.get("data") else None
+    measures = pair_measures(*args.ingredients, base=args.base, tasting=tasting, examples=args.examples)
     prediction = None
     if args.db:
         with ResultStore(args.db, create=False) as store:
@@ -58,3 +55,10 @@ def run(args) -> int:
         print(format_report(report))
         print(format_prediction(measures, prediction))
     return 0
+
+
+def _tasting():
+    """The tasting spec's options the prediction measures use (BatchNorm statistics are the checkpoints' own)."""
+    from ladle.spec import TASTING_OPTIONS
+
+    return [q for q in TASTING_OPTIONS if q.name not in ("bn", "bn_data", "cache_data")]

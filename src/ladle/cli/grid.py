@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from ladle.cli.common import corruption_options, print_json, show_progress
+from ladle.cli.common import add_params, corruption_options, given, print_json, show_progress
+
+GRID_BATCH = 256  # images per forward pass when none is given: a grid's soups are compute-bound (bench/grid.py)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("grid", help="soup every pair of checkpoints (at α or along α curves) and store the figures")
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
-    p.add_argument("--model", required=True, help="efficientnet-lite0, timm:NAME, an HF directory or package.module:function")
-    p.add_argument("--data", required=True, metavar="SOURCE[:split]", help="the data the soups are scored on (default split: test)")
+    add_params(p, _tasting())  # the tasting spec's flags (--model, --data, --image-size, --device, --precision, …)
     p.add_argument("--db", required=True, metavar="FILE.sqlite", help="the results store; a rerun resumes from it")
     alpha = p.add_mutually_exclusive_group()
     alpha.add_argument("--alpha", type=float, default=None, help="the soup (1 − α)·A + α·B (default 0.5)")
@@ -18,7 +19,6 @@ def add_parser(sub) -> None:
     p.add_argument("--bn", choices=["average", "recalibrate"], default="average",
                    help="BatchNorm statistics of soups: averaged like every other tensor (default, as the paper) or "
                         "recomputed on --bn-data")
-    p.add_argument("--bn-data", dest="bn_data", metavar="SOURCE[:split]", help="data for --bn recalibrate (default: the data's train split)")
     p.add_argument("--corruptions", action="append", metavar="SUITE[:NAME,…]",
                    help="also score every model and soup on a corruption suite (its mean): imagenet-c, laion-c, … (repeatable)")
     corruption_options(p)
@@ -26,11 +26,6 @@ def add_parser(sub) -> None:
     p.add_argument("--base", metavar="CKPT", help="the stock the models were trained from: adds the cosine of task vectors")
     p.add_argument("--collapse", type=float, default=None, metavar="PCT",
                    help="a soup below this accuracy (%%) collapsed (default 5 × chance: 500 / classes, 5 %% at 100 classes)")
-    p.add_argument("--num-classes", dest="num_classes", type=int, default=None, help="classes of the model's head (default: the data's)")
-    p.add_argument("--image-size", dest="image_size", type=int, default=64, help="input resolution (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data split (default 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
-    p.add_argument("--eval-batch-size", dest="batch_size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--soups-per-pass", dest="soups_per_pass", type=int, default=8,
                    help="soups evaluated together in one batched (vmap) pass (default 8; 1: one at a time)")
     p.add_argument("--soups-per-task", dest="soups_per_task", type=int, default=24,
@@ -47,15 +42,22 @@ def run(args) -> int:
     from ladle.errors import LadleError
     from ladle.studies.grid import GridSettings, parse_alphas, run_grid
 
+    from ladle.spec import TastingSpec
+
+    tasting = TastingSpec.from_fields(given(args, _tasting()))
+    if not tasting.model or len(tasting.data) != 1:
+        raise LadleError("grid: needs --model and exactly one --data (the soups are scored on one split)")
+    batch_size = tasting.eval_batch_size or GRID_BATCH
     for flag, value in (("--soups-per-pass", args.soups_per_pass), ("--threads", args.threads),
-                        ("--eval-batch-size", args.batch_size), ("--soups-per-task", args.soups_per_task), ("--similarity-examples", args.similarity_examples)):
+                        ("--eval-batch-size", batch_size), ("--soups-per-task", args.soups_per_task), ("--similarity-examples", args.similarity_examples)):
         if value < 1:
             raise LadleError(f"{flag}: must be at least 1, got {value}")
-    settings = GridSettings(model=args.model, data=args.data, num_classes=args.num_classes, image_size=args.image_size,
-                            seed=args.seed, corruptions=tuple(args.corruptions or ()), severities=args.severities,
-                            corruption_seed=args.corruption_seed, corruption_cache=args.corruption_cache, bn=args.bn,
-                            bn_data=args.bn_data, device=args.device, batch_size=args.batch_size,
-                            soups_per_pass=args.soups_per_pass, threads=args.threads)
+    settings = GridSettings(model=tasting.model, data=tasting.data[0], num_classes=tasting.num_classes,
+                            image_size=tasting.image_size, seed=tasting.seed, corruptions=tuple(args.corruptions or ()),
+                            severities=args.severities, corruption_seed=args.corruption_seed,
+                            corruption_cache=args.corruption_cache, bn=args.bn, bn_data=tasting.bn_data,
+                            device=tasting.device, batch_size=batch_size, soups_per_pass=args.soups_per_pass,
+                            threads=args.threads, precision=tasting.precision, workers=tasting.workers)
     result = run_grid(args.checkpoints, settings, alphas=parse_alphas(args.alphas, args.alpha), db=args.db,
                       executor=args.executor, base=args.base, collapse=args.collapse,
                       similarity_examples=args.similarity_examples, soups_per_task=args.soups_per_task, progress=show_progress(args))
@@ -68,3 +70,10 @@ def run(args) -> int:
           f"({result.computed} computed now, {result.seconds:.0f} s)")
     print(f"next: ladle analyze {args.db} --report REPORT_DIR")
     return 0
+
+
+def _tasting():
+    """The tasting spec's options a grid takes: its own --bn (average or recalibrate); photos always cached."""
+    from ladle.spec import TASTING_OPTIONS
+
+    return [q for q in TASTING_OPTIONS if q.name not in ("bn", "cache_data")]

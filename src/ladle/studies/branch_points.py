@@ -596,7 +596,8 @@ def study_branch_points(out: Path, *, config=None, executor=None, db=None, devic
     from ladle.analysis.stats import analyze
     from ladle.execution import make_executor
     from ladle.results.store import ResultStore
-    from ladle.studies.grid import GridSettings, pairs_from_store, run_grid
+    from ladle.analysis.predict import pairs_from_store
+    from ladle.studies.grid import GridSettings, run_grid
 
     cfg = config if isinstance(config, BranchConfig) else load_branch_config(config)
     out = Path(out)

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ladle.analysis.predict import choose_grid, pairs_from_store  # noqa: F401  (read a grid back: callers import them from here)
 from ladle.errors import LadleError
+from ladle.spec import TastingSpec
 
 SOUPS_PER_TASK = 24
 
@@ -32,7 +32,7 @@ class GridSettings:
     model: str
     data: str  # SOURCE[:split] the soups are scored on (default split: test)
     num_classes: int | None = None
-    image_size: int = 64
+    image_size: int | None = None  # default: the model's own preprocessing
     seed: int = 0  # the data split's seed
     corruptions: tuple[str, ...] = ()  # suite specs (imagenet-c, imagenet-c:fog,snow, laion-c, …)
     severities: str = "3"
@@ -44,11 +44,20 @@ class GridSettings:
     batch_size: int = 256
     soups_per_pass: int = 8  # soups evaluated in one batched (vmap) forward pass
     threads: int = 1  # torch threads per task: part of the settings, so every executor gives the same bytes
+    precision: str = "fp32"
+    workers: int | None = None  # processes decoding photos the first time (later passes read the preprocessed cache)
 
     def scored(self) -> dict:
-        """The fields the figures depend on (not device, batch sizes or threads)."""
+        """The fields the figures depend on (not device, batch sizes, threads or workers)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("device", "batch_size", "soups_per_pass", "threads", "corruption_cache")}
+                if k not in ("device", "batch_size", "soups_per_pass", "threads", "corruption_cache", "workers")}
+
+    def tasting(self) -> TastingSpec:
+        """The tasting spec of the grid's evaluations: the same model, data and store keys as `taste` and `cook`;
+        photos always come from the preprocessed cache, since every soup reads them again."""
+        return TastingSpec(model=self.model, data=[self.data], num_classes=self.num_classes, image_size=self.image_size,
+                           bn=self.bn, bn_data=self.bn_data, device=self.device, precision=self.precision,
+                           eval_batch_size=self.batch_size, workers=self.workers, cache_data=True, seed=self.seed)
 
 
 @dataclass
@@ -70,29 +79,23 @@ def build_context(settings: GridSettings, *, executor=None, progress: bool = Fal
     """Model, data and corrupted splits (built once, cached on disk), kept per process for the next task."""
     if settings in _CONTEXTS:
         return _CONTEXTS[settings]
-    from ladle.evaluation.evaluator import Evaluator, check_num_classes
-    from ladle.evaluation.tasting import default_device, load_model_and_data
+    from ladle.evaluation.tasting import resolve
     from ladle.shifts.corruptions import CorruptionCache, default_cache_dir, parse_severities, parse_suite, resize_note
     from ladle.studies.taste import shifted_splits
 
-    recalibrate = settings.bn == "recalibrate"
     if settings.bn not in ("average", "recalibrate"):
         raise LadleError(f"bn: a grid averages BatchNorm statistics or recalibrates them (average, recalibrate), "
                          f"got '{settings.bn}'")
-    spec, splits, bn_set = load_model_and_data(settings.model, [settings.data], "test",
-                                               num_classes=settings.num_classes, image_size=settings.image_size,
-                                               bn_data=settings.bn_data, seed=settings.seed, recalibrate=recalibrate)
+    tasting = resolve(settings.tasting(), "test", cache_data=True, progress=progress)
+    splits = tasting.splits
     (clean, data), = splits.items()
     severities = parse_severities(settings.severities)
     suites = [parse_suite(text, severities) for text in settings.corruptions]
     cache = CorruptionCache(Path(settings.corruption_cache) if settings.corruption_cache else default_cache_dir())
     shifted, _ = shifted_splits(splits, suites, seed=settings.corruption_seed, cache=cache, progress=progress,
                                 executor=executor)
-    net = spec.build()
-    check_num_classes(net, data, (data.x[:1] - 0.5) / 0.5)
-    evaluator = Evaluator(net, dict(splits) | shifted, mean=spec.mean, std=spec.std,
-                          device=settings.device or default_device(), batch_size=settings.batch_size, bn=settings.bn,
-                          bn_data=bn_set)
+    evaluator = tasting.evaluator(splits=dict(splits) | shifted)
+    spec = tasting.model
     note = resize_note(shifted.values())
     context = Context(settings, evaluator, clean, list(shifted), spec.num_classes or data.num_classes,
                       [note] if note else [])
@@ -148,8 +151,6 @@ def _batched_logits(ev, states: list[dict], split: str):
     import torch
     from torch.func import functional_call
 
-    from ladle.evaluation.evaluator import channels_last
-
     model = ev.model.eval()
     stacked = {k: torch.stack([s[k] for s in states]).to(ev.device) for k in states[0]}
 
@@ -157,15 +158,13 @@ def _batched_logits(ev, states: list[dict], split: str):
         return functional_call(model, weights, (x,))
 
     batched = torch.vmap(forward, in_dims=(0, None))
-    x = ev.splits[split].x
     parts = []
     with torch.inference_mode(), warnings.catch_warnings():
         # an op without a batching rule (e.g. adaptive pooling) falls back to a loop: slower, still right
         warnings.filterwarnings("ignore", message="There is a performance drop")
-        for i in range(0, len(x), ev.batch_size):
-            batch = channels_last(ev.normalise(x[i : i + ev.batch_size]).to(ev.device))
+        for batch in ev.batches(ev.splits[split]):
             parts.append(batched(stacked, batch).float().cpu())
-    ev.forward_passes += len(x) * len(states)
+    ev.forward_passes += len(ev.splits[split]) * len(states)
     return torch.cat(parts, dim=1)
 
 
