@@ -30,14 +30,16 @@ def build_suite(data: str, suite: str, out: str | Path, *, severities: str = "1-
     """Every (corruption, severity) set of `suite` for data spec `data` (default split test), cached in `out`;
     each set is recorded in the results store (`store`, or the file `db`) when one is given. Missing sets are built
     by the executor (default: local processes, one per core)."""
-    from ladle.data import load_data, parse_spec
+    from ladle.data import StreamSet, open_data, parse_spec
     from ladle.shifts.corruptions import CorruptionCache, corrupted_sets, parse_severities, parse_suite, resize_note
 
     from ladle.results.store import opened
 
     spec = parse_suite(suite, parse_severities(severities))
     source, split = parse_spec(data)
-    clean = load_data(f"{source}:{split or 'test'}", image_size=image_size)
+    clean = open_data(f"{source}:{split or 'test'}", image_size=image_size)
+    if isinstance(clean, StreamSet):  # photos: decoded once into the preprocessed uint8 cache, corrupted from there
+        clean = clean.cached(progress=progress)
     cache = CorruptionCache(Path(out))
     start = time.perf_counter()
     sets = corrupted_sets(clean, spec, seed=seed, cache=cache, progress=progress, executor=executor or "local")
