@@ -1,5 +1,6 @@
 """Contract tests, one per registry, run over every entry (as timm's test_models.py runs over every model): a new
-recipe, corruption, objective, optimiser, schedule or executor is tested by being registered. Plus the one
+recipe, data format, model kind, corruption, objective, optimiser, schedule or executor is tested by being
+registered. Plus the one
 wording for unknown names, per registry."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +17,11 @@ import torch
 
 import ladle
 from ladle.cli.main import main
+from ladle.data import FORMATS
 from ladle.errors import LadleError
 from ladle.execution import EXECUTORS, make_executor
 from ladle.io.dtypes import numpy_dtype
-from ladle.models import small_resnet, tiny_cnn
+from ladle.models import MODEL_KINDS, small_resnet, tiny_cnn
 from ladle.shifts import laion_c
 from ladle.shifts.corruptions import SUITES, corrupt_images, parse_severities, parse_suite
 from ladle.soup.recipes import BASE_NONE, BASE_REQUIRED, RECIPES, Plan
@@ -287,3 +290,100 @@ def test_an_unknown_name_is_one_line_naming_the_known_ones(call, says):
 
 def test_an_objective_outside_ladle_is_imported_by_package_module_name():
     assert objective_class("ladle.training.objectives.supervised:CrossEntropy") is OBJECTIVES["cross_entropy"]
+
+
+# ------------------------------------------------------------------------------ data formats
+
+
+def write_format(name: str, root) -> str:
+    """A tiny source of 3 classes × 4 images in the named format (as users' tools write it); its path."""
+    import pickle
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(3), 4)
+    if name == "npz":
+        np.savez(root / "set.npz", x=images, y=labels)
+        return str(root / "set.npz")
+    if name in ("cifar10", "cifar100"):
+        key = b"labels" if name == "cifar10" else b"fine_labels"
+        batch = {b"data": images.transpose(0, 3, 1, 2).reshape(12, -1), key: labels.tolist()}
+        files = {"cifar10": ("data_batch_1", "test_batch"), "cifar100": ("train", "test")}[name]
+        for f in files:
+            (root / f).write_bytes(pickle.dumps(batch))
+        meta = ("batches.meta", b"label_names") if name == "cifar10" else ("meta", b"fine_label_names")
+        (root / meta[0]).write_bytes(pickle.dumps({meta[1]: [b"a", b"b", b"c"]}))
+        return str(root)
+    if name == "hf-datasets":
+        import datasets
+
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+        ds = datasets.Dataset.from_dict({"image": [Image.fromarray(i) for i in images], "label": labels.tolist()},
+                                        features=features)
+        datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(root / "hf"))
+        return str(root / "hf")
+    if name == "imagefolder":
+        for split in ("train", "test"):
+            for i, (image, label) in enumerate(zip(images, labels)):
+                (root / split / f"c{label}").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(root / split / f"c{label}" / f"{i}.png")
+        return str(root)
+    raise AssertionError(f"no fixture for data format '{name}': add one here")
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_data_format_is_detected_split_lazily_and_decoded(name, tmp_path):
+    """Every format: detected from its path, its test split read alone (3 classes, every label), heldout carved
+    from train without decoding, and the same uint8 images through the model-size preprocessing."""
+    from ladle.data import open_data
+    from ladle.data.formats import detect_format
+    from ladle.data.preprocess import Preprocess
+
+    path = write_format(name, tmp_path)
+    assert detect_format(Path(path)).name == name and FORMATS[name].summary
+    test = open_data(f"{path}:test", preprocess=Preprocess(16, 16))
+    assert len(test) in (12, 2) and sorted(set(test.y.tolist())) <= [0, 1, 2]  # one pool: a 20 % test slice
+    heldout = open_data(f"{path}:heldout", preprocess=Preprocess(16, 16))
+    assert 1 <= len(heldout) < 12
+    batch = next(iter(test.batches(4)))
+    assert batch.shape[1:] == (3, 16, 16) and batch.dtype in (torch.uint8, torch.float32)
+
+
+# ------------------------------------------------------------------------------ model kinds
+
+
+KIND_SPECS = {"efficientnet-lite0": "efficientnet-lite0", "timm": "timm:resnet18", "function": "ladle.models:tiny_cnn"}
+
+
+def kind_spec(name: str, tmp_path) -> str:
+    if name == "hf-directory":
+        from transformers import ResNetConfig
+
+        config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+        config.save_pretrained(tmp_path)
+        (tmp_path / "preprocessor_config.json").write_text(
+            '{"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}, "image_mean": [0.4, 0.4, 0.4], '
+            '"image_std": [0.2, 0.2, 0.2], "resample": 2}')
+        return str(tmp_path)
+    assert name in KIND_SPECS, f"no spec for model kind '{name}': add one here"
+    return KIND_SPECS[name]
+
+
+@pytest.mark.parametrize("name", list(MODEL_KINDS))
+def test_model_kind_builds_a_model_with_its_own_preprocessing(name, tmp_path):
+    """Every model kind: its spec is taken by it (and by no earlier kind), it builds a module with the asked head,
+    and its preprocessing runs a batch through the model."""
+    from ladle.models import model_spec
+    from ladle.models.specs import model_kind
+
+    spec_text = kind_spec(name, tmp_path)
+    assert model_kind(spec_text).name == name and MODEL_KINDS[name].summary
+    spec = model_spec(spec_text, 3, 32)
+    assert spec.preprocess.size == 32
+    model = spec.build().eval()
+    with torch.inference_mode():
+        out = model(torch.zeros(2, 3, 32, 32))
+    out = out.logits if hasattr(out, "logits") else out
+    assert out.shape == (2, 3)

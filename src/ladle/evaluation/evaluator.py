@@ -158,6 +158,7 @@ class Evaluator:
         self.forward_passes = 0  # images pushed through the model: what caching saves
         self.store = store  # a ResultStore: logits found there are not recomputed, new ones are added
         self.model_id = model_id  # the model spec, part of the store key of what a Taster scores
+        self.record: dict = {}  # what every stored row says it was computed with (the transform, the precision)
 
     @property
     def bn_key(self) -> str:
@@ -286,7 +287,8 @@ class Evaluator:
                     m = metrics_from_logits(self.partial[(name, split)], y[:seen])
                     self.store.put_evaluation(key, self._fingerprint(split), self.bn_key, model_name=str(name),
                                               kind="partial", data_name=split, accuracy=m.accuracy, nll=m.nll,
-                                              ece=m.ece, n=seen, logits=self.partial[(name, split)])
+                                              ece=m.ece, n=seen, logits=self.partial[(name, split)],
+                                              extra=self.record or None)
                 return False, seen
         self.partial.pop((name, split), None)
         self.cache[(name, split)] = torch.cat(out)
@@ -310,7 +312,7 @@ class Evaluator:
         m = metrics_from_logits(self.cache[(name, split)], self.labels(split))
         self.store.put_evaluation(key, self._fingerprint(split), self.bn_key, model_name=str(name), kind=kind,
                                   data_name=split, accuracy=m.accuracy, nll=m.nll, ece=m.ece, n=m.n,
-                                  logits=self.cache[(name, split)])
+                                  logits=self.cache[(name, split)], extra=self.record or None)
 
     def _fingerprint(self, split: str) -> str:
         data = self.splits[split]

@@ -41,10 +41,12 @@ class Tasting:
 
         net = self.model.build()
         check_num_classes(net, next(iter(self.splits.values())))
-        return Evaluator(net, splits if splits is not None else self.splits, mean=self.model.mean, std=self.model.std,
-                         device=self.device, batch_size=self.spec.eval_batch_size, bn=bn or self.spec.bn,
-                         bn_data=self.bn_data, progress=progress, store=store, model_id=self.model_id,
-                         precision=self.spec.precision, workers=self.spec.workers)
+        evaluator = Evaluator(net, splits if splits is not None else self.splits, mean=self.model.mean,
+                              std=self.model.std, device=self.device, batch_size=self.spec.eval_batch_size,
+                              bn=bn or self.spec.bn, bn_data=self.bn_data, progress=progress, store=store,
+                              model_id=self.model_id, precision=self.spec.precision, workers=self.spec.workers)
+        evaluator.record = {"transform": self.model.preprocess.describe(), "precision": self.spec.precision}
+        return evaluator
 
 
 def resolve(spec: TastingSpec, default_split: str, *, cache_data: bool = False, recalibrate: bool | None = None,

@@ -160,9 +160,12 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
 
 def _sibling(ev: Evaluator, bn: str, bn_data) -> Evaluator:
     """The same model and data under another BatchNorm policy (one model object, as the splits are shared)."""
-    return Evaluator(ev.model, ev.splits, mean=tuple(ev.mean.flatten().tolist()), std=tuple(ev.std.flatten().tolist()),
-                     device=ev.device, batch_size=ev.batch_size, bn=bn, bn_data=bn_data, progress=ev.progress,
-                     store=ev.store, model_id=ev.model_id, precision=ev.precision, workers=ev.workers)
+    sibling = Evaluator(ev.model, ev.splits, mean=tuple(ev.mean.flatten().tolist()),
+                        std=tuple(ev.std.flatten().tolist()), device=ev.device, batch_size=ev.batch_size, bn=bn,
+                        bn_data=bn_data, progress=ev.progress, store=ev.store, model_id=ev.model_id,
+                        precision=ev.precision, workers=ev.workers)
+    sibling.record = ev.record
+    return sibling
 
 
 def _report(data, rows, grids, corruptions, shifted, mce_baseline) -> TasteReport:
