@@ -81,17 +81,6 @@ def resolve(spec: TastingSpec, default_split: str, *, cache_data: bool = False, 
     return Tasting(spec, model, splits, bn_data, spec.device or default_device())
 
 
-def load_model_and_data(model: str, data: list[str], default_split: str, *, num_classes: int | None = None,
-                        image_size: int | None = None, bn_data: str | None = None, seed: int = 0,
-                        recalibrate: bool = False, cache_data: bool = True):
-    """(model spec, {name: split}, BatchNorm recalibration data or None) from specs, for callers that read images
-    many times or need them in memory (grids, predictions): photos come from the preprocessed cache."""
-    spec = TastingSpec(model=model, data=data, num_classes=num_classes, image_size=image_size, bn_data=bn_data,
-                       seed=seed)
-    tasting = resolve(spec, default_split, cache_data=cache_data, recalibrate=recalibrate)
-    return tasting.model, tasting.splits, tasting.bn_data
-
-
 def make_scorer(spec: TastingSpec | str | None = None, data: list[str] | None = None, *, split: str = "heldout",
                 progress: bool = False, **fields):
     """A Taster from a tasting spec (or its fields: `make_scorer("timm:resnet18", ["imgs:heldout"], image_size=…)`):
