@@ -293,3 +293,21 @@ def test_unit_is_torchvisions_to_tensor():
 
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     assert torch.equal(unit(torch.from_numpy(image).permute(2, 0, 1)), to_tensor(image))
+
+
+def test_corrupted_sets_are_read_memory_mapped(tmp_path):
+    """A stored corrupted set is evaluated from the file mapped in place, batch by batch (not loaded whole), with
+    the same images; a compressed .npz (which cannot be mapped) is read instead."""
+    from ladle.shifts.corruptions import StoredSet, mapped_npz_member
+
+    x = np.random.default_rng(0).integers(0, 256, (50, 3, 16, 16), dtype=np.uint8)
+    y = np.arange(50) % 3
+    np.savez(tmp_path / "set.npz", x=x, y=y, key=np.array("{}"))
+    mapped = mapped_npz_member(tmp_path / "set.npz", "x")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, x)
+    stored = StoredSet(tmp_path / "set.npz", torch.from_numpy(y), ["a", "b", "c"], {})
+    assert torch.equal(torch.cat(list(stored.batches(7))), torch.from_numpy(x))
+    np.savez_compressed(tmp_path / "packed.npz", x=x, y=y)
+    assert mapped_npz_member(tmp_path / "packed.npz", "x") is None
+    packed = StoredSet(tmp_path / "packed.npz", torch.from_numpy(y), ["a", "b", "c"], {})
+    assert torch.equal(torch.cat(list(packed.batches(64))), torch.from_numpy(x))

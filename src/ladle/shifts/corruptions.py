@@ -269,14 +269,44 @@ class StoredSet:
         return ImageSet(self.x, self.y, self.classes, self.source)
 
     def batches(self, batch_size: int, **_):
-        """uint8 slices of the set, read from disk once per pass (a quarter of the floats' memory)."""
-        with np.load(self.path, allow_pickle=False) as z:
-            x = torch.from_numpy(z["x"])
+        """uint8 slices of the set, memory-mapped from the file (read whole only if its zip member is compressed)."""
+        x = mapped_npz_member(self.path, "x")
+        if x is None:
+            with np.load(self.path, allow_pickle=False) as z:
+                x = z["x"]
         for start in range(0, len(x), batch_size):
-            yield x[start : start + batch_size]
+            yield torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
 
     def subset(self, indices, tag: str) -> ImageSet:
         return self.load().subset(indices, tag)
+
+
+def mapped_npz_member(path: Path, name: str) -> np.ndarray | None:
+    """An array of an .npz file mapped from disk, copy-on-write: np.savez stores members uncompressed, so the .npy
+    bytes lie in the file as they are; None for a compressed member (np.savez_compressed), which must be read."""
+    import struct
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(f"{name}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)  # the local file header: its name and extra field lengths sit at bytes 26-29
+            if local[:4] != b"PK\x03\x04":
+                return None
+            f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30])))
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, struct.error):
+        return None
+    if fortran or dtype.hasobject:
+        return None
+    return np.memmap(path, dtype=dtype, mode="c", shape=shape, offset=offset)
 
 
 def _cell_key(data: ImageSet, suite: str, name: str, severity: int, seed: int, clean_fingerprint: str | None) -> dict:
