@@ -87,8 +87,8 @@ class StreamSet:
         """uint8 batches (B, 3, size, size) in example order, decoded by `workers` processes (0: here)."""
         workers = self.workers if workers is None else workers
         workers = default_workers() if workers is None else workers
-        if len(self) <= batch_size:
-            workers = 0  # one batch: starting processes costs more than it saves
+        if len(self) <= batch_size or multiprocessing.current_process().daemon:
+            workers = 0  # one batch: starting processes costs more than it saves; a daemon may not start any
         loader = torch.utils.data.DataLoader(
             _Decoded(self.examples, self.preprocess), batch_size=batch_size, shuffle=False, num_workers=workers,
             collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=2 if workers else None)
