@@ -311,3 +311,13 @@ def test_corrupted_sets_are_read_memory_mapped(tmp_path):
     assert mapped_npz_member(tmp_path / "packed.npz", "x") is None
     packed = StoredSet(tmp_path / "packed.npz", torch.from_numpy(y), ["a", "b", "c"], {})
     assert torch.equal(torch.cat(list(packed.batches(64))), torch.from_numpy(x))
+
+
+@pytest.mark.parametrize("flag, value, says", [("--image-size", "0", "image-size: must be at least 1, got 0"),
+                                               ("--workers", "-1", "workers: must be at least 0, got -1"),
+                                               ("--eval-batch-size", "0", "eval-batch-size: must be at least 1")])
+def test_tasting_spec_bounds_are_one_line_exit_2(tmp_path, cli, flag, value, says):
+    model = tmp_path / "m.safetensors"
+    save_file(tiny_cnn(num_classes=10).state_dict(), str(model))
+    r = cli("taste", model, "--model", "ladle.models:tiny_cnn", "--data", "digits", flag, value)
+    assert r.code == 2 and r.err_lines == [f"ladle: error: {says}"] or (r.code == 2 and says in r.err), r.err

@@ -42,6 +42,12 @@ class TastingSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "data", tuple(self.data or ()))
+        for name, low in (("num_classes", 1), ("image_size", 1), ("eval_batch_size", 1), ("workers", 0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                from ladle.errors import LadleError
+
+                raise LadleError(f"{name.replace('_', '-')}: must be at least {low}, got {value}")
 
     @classmethod
     def from_fields(cls, values: dict, where: str = "") -> TastingSpec:

@@ -31,10 +31,13 @@ class Preprocess:
     squash: bool = False  # resize to resize × resize, ignoring the aspect ratio (HF processors with height/width)
 
     def __post_init__(self):
+        from ladle.errors import LadleError
+
         if self.size < 1 or self.resize < self.size:
-            raise ValueError(f"preprocess: crop {self.size} must be at least 1 and at most the resize {self.resize}")
+            raise LadleError(f"image-size: the input size {self.size} must be at least 1 and at most the resize "
+                             f"{self.resize}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"preprocess: unknown interpolation '{self.interpolation}'")
+            raise LadleError(f"preprocess: unknown interpolation '{self.interpolation}' (known: {', '.join(INTERPOLATIONS)})")
 
     @property
     def crop_pct(self) -> float:
