@@ -321,3 +321,23 @@ def test_tasting_spec_bounds_are_one_line_exit_2(tmp_path, cli, flag, value, say
     save_file(tiny_cnn(num_classes=10).state_dict(), str(model))
     r = cli("taste", model, "--model", "ladle.models:tiny_cnn", "--data", "digits", flag, value)
     assert r.code == 2 and len(r.err_lines) == 1 and says in r.err, r.err
+
+
+def test_photos_are_corrupted_from_the_preprocessed_images_at_the_models_size(tmp_path, monkeypatch):
+    """Corruption suites on a streamed folder: built once from the uint8 images at the model's input size (the
+    cache), each set the clean set's size and labels, evaluated like any split."""
+    from ladle.studies.taste import taste_specs
+
+    monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path / "cache"))
+    root = photos(tmp_path / "set", per_class=4, split="test")
+    model = tmp_path / "m.safetensors"
+    save_file(tiny_cnn(num_classes=3).state_dict(), str(model))
+    report = taste_specs([str(model)], model="ladle.models:tiny_cnn", data=[f"{root}:test"], image_size=32,
+                         workers=0, corruptions=["imagenet-c:fog", "laion-c:mosaic"], severities="3",
+                         corruption_cache=str(tmp_path / "shifted"))
+    assert [s.suite for s in report.shifts] == ["imagenet-c", "laion-c"]
+    images = list((tmp_path / "cache" / "images").glob("*.npy"))
+    assert len(images) == 1 and np.load(images[0], mmap_mode="r").shape == (12, 3, 32, 32)
+    for stored in (tmp_path / "shifted").rglob("*severity3*.npz"):
+        with np.load(stored) as z:
+            assert z["x"].shape == (12, 3, 32, 32) and z["x"].dtype == np.uint8
