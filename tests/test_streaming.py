@@ -338,6 +338,8 @@ def test_photos_are_corrupted_from_the_preprocessed_images_at_the_models_size(tm
     assert [s.suite for s in report.shifts] == ["imagenet-c", "laion-c"]
     images = list((tmp_path / "cache" / "images").glob("*.npy"))
     assert len(images) == 1 and np.load(images[0], mmap_mode="r").shape == (12, 3, 32, 32)
-    for stored in (tmp_path / "shifted").rglob("*severity3*.npz"):
+    stored_sets = sorted((tmp_path / "shifted").rglob("*severity3*.npz"))
+    assert len(stored_sets) == 2
+    for stored in stored_sets:
         with np.load(stored) as z:
             assert z["x"].shape == (12, 3, 32, 32) and z["x"].dtype == np.uint8
