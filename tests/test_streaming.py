@@ -256,6 +256,11 @@ def test_taste_after_cook_greedy_on_the_same_data_computes_nothing(tmp_path, mon
     scorer = make_scorer(**fields, split="all")
     cook("greedy", [str(p) for p in paths], out=tmp_path / "soup.safetensors", scorer=scorer, full_scores=True)
     assert scorer.evaluator.forward_passes > 0
+    from ladle.io.manifest import read_manifest
+
+    manifest = read_manifest(tmp_path / "soup.safetensors")  # the transform the scores were computed with
+    data = manifest["trace"]["greedy"]["data"]
+    assert data["transform"]["size"] == 16 and data["transform"]["origin"] == "default" and data["precision"] == "fp32"
     calls = []
     monkeypatch.setattr(Evaluator, "forward", lambda self, x: calls.append(len(x)) or pytest.fail("recomputed"))
     report = taste_specs([str(p) for p in paths], uniform=False, **fields)

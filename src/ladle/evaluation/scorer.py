@@ -35,7 +35,6 @@ class Taster:
         self.headless: list[str] = []  # head keys the ingredients lack (encoder-only): nothing to score with
         self.names: list[str] = []
         self.spec = None  # the TastingSpec it was built from (make_scorer), if any: remakes the soup
-        self.transform: dict | None = None  # the model's preprocessing, for the record
         self._file_keys: list[list[str]] | None = None
         self.last_images = 0  # images the last early-rejecting score_soup pushed through the model
 
@@ -77,7 +76,7 @@ class Taster:
     def data_record(self) -> dict:
         """Where the scores come from, for the manifest: every split's source, indices and fingerprint."""
         record = {name: data.source for name, data in self.evaluator.splits.items()} | {"bn": self.evaluator.bn}
-        return record | ({"transform": self.transform, "precision": self.evaluator.precision} if self.transform else {})
+        return record | self.evaluator.record  # the transform and precision, when the evaluator knows them
 
     def ingredient_state(self, i: int) -> dict[str, torch.Tensor]:
         ing = self.ingredients[i]

@@ -94,7 +94,6 @@ def make_scorer(spec: TastingSpec | str | None = None, data: list[str] | None = 
     evaluator = tasting.evaluator(progress=progress, store=logit_cache())
     taster = Taster(evaluator, split=next(iter(tasting.splits)))
     taster.spec = spec  # what remakes the soup (the reproduce command in manifests and model cards)
-    taster.transform = tasting.model.preprocess.describe()
     return taster
 
 
