@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ladle: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # PyTorch's SIGCHLD handler raises this wherever the main thread is when a worker dies
+        if not str(e).startswith("DataLoader worker"):
+            raise
+        print(f"ladle: error: a data-loading worker died ({str(e).splitlines()[0]}); run with --workers 0 to see "
+              "the failure in this process", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

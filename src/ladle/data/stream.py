@@ -92,8 +92,9 @@ class StreamSet:
         loader = torch.utils.data.DataLoader(
             _Decoded(self.examples, self.preprocess), batch_size=batch_size, shuffle=False, num_workers=workers,
             collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=2 if workers else None)
-        batches, died = iter(loader), None
+        batches, died = None, None
         try:
+            batches = iter(loader)  # starts the workers: one may die before the first batch
             for x, failure in batches:
                 if failure is not None:
                     i, error = failure
@@ -102,7 +103,7 @@ class StreamSet:
         except (RuntimeError, ConnectionError, EOFError) as e:  # a worker that dies mid-batch can break the pipe first
             if not workers or (isinstance(e, RuntimeError) and "DataLoader worker" not in str(e)):
                 raise
-            died = str(e).splitlines()[0] or type(e).__name__  # raised below: no traceback keeps the workers alive
+            died = (str(e).splitlines() or [type(e).__name__])[0]  # raised below: no traceback keeps workers alive
         finally:  # workers stopped now, also when the caller stops early
             getattr(batches, "_shutdown_workers", lambda: None)()
             batches = None
