@@ -190,3 +190,17 @@ def pair(ckpt) -> tuple[Path, Path]:
 def _private_hash_cache(tmp_path_factory, monkeypatch):
     """Keep the sha256 cache of test runs out of the user's home."""
     monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ladle-cache"))
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    """Ray on loopback with 2 CPU slots, started as ladle starts it, for one test module (stopped after it)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("another Ray is initialised in this process")
+    from ladle.execution.ray import RayExecutor
+
+    executor = RayExecutor(num_cpus=2)
+    yield executor
+    executor.close()
+    assert not ray.is_initialized()

@@ -251,19 +251,6 @@ def _descendants(root: int) -> set[int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def ray_executor():
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("another Ray is initialised in this process")
-    from ladle.execution.ray import RayExecutor
-
-    executor = RayExecutor(num_cpus=2)
-    yield executor
-    executor.close()
-    assert not ray.is_initialized()
-
-
 def test_ray_runs_on_loopback_only(ray_executor):
     import ray
 

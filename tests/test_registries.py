@@ -231,24 +231,10 @@ def test_bn_policy_trains_a_tiny_model(name):
 # ---------------------------------------------------------------- executors
 
 
-@pytest.fixture(scope="module")
-def running_ray():
-    """Ray on loopback with 2 CPU slots (started as ladle starts it); `make_executor("ray")` then joins it."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("another Ray is initialised in this process")
-    from ladle.execution.ray import RayExecutor
-
-    owner = RayExecutor(num_cpus=2)
-    yield
-    owner.close()
-    assert not ray.is_initialized()
-
-
 @pytest.fixture
 def executor_spec(request):
     if request.param == "ray":
-        request.getfixturevalue("running_ray")
+        request.getfixturevalue("ray_executor")  # Ray running on loopback: `make_executor("ray")` joins it
     return request.param
 
 
