@@ -57,6 +57,10 @@ class Registry(Generic[T]):
         raise LadleError(f"{prefix}unknown {self.kind} '{name}' (known: {', '.join(self._entries) or 'none'}"
                          + (", or package.module:name)" if self.importable else ")"))
 
+    def first(self, accepts: Callable[[T], bool]) -> T | None:
+        """The first entry, in registration order, that `accepts` (formats and model kinds detect their input)."""
+        return next((entry for entry in self._entries.values() if accepts(entry)), None)
+
     def names(self) -> list[str]:
         return list(self._entries)
 

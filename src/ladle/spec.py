@@ -76,4 +76,9 @@ class TastingSpec:
 
 
 TASTING_OPTIONS = params_of(TastingSpec, skip=())[0]
+
+
+def tasting_options(*skip: str) -> list:
+    """The declared options but `skip` (a command that has its own --bn, or no use for some of them)."""
+    return [p for p in TASTING_OPTIONS if p.name not in skip]
 TASTING_FIELDS = tuple(f.name for f in fields(TastingSpec))

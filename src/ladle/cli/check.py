@@ -59,6 +59,6 @@ def run(args) -> int:
 
 def _tasting():
     """The tasting spec's options the prediction measures use (BatchNorm statistics are the checkpoints' own)."""
-    from ladle.spec import TASTING_OPTIONS
+    from ladle.spec import tasting_options
 
-    return [q for q in TASTING_OPTIONS if q.name not in ("bn", "bn_data", "cache_data")]
+    return tasting_options("bn", "bn_data", "cache_data")

@@ -9,9 +9,9 @@ from ladle.cli.common import add_params, given, note, print_json, show_progress
 
 
 def add_parser(sub) -> None:
-    from ladle.evaluation.tasting import TASTING_OPTIONS
     from ladle.soup.options import COOK_OPTIONS
     from ladle.soup.recipes import BASE_NONE, RECIPES
+    from ladle.spec import TASTING_OPTIONS
 
     cook = sub.add_parser("cook", help="mix ingredients into a soup",
                           description="Mix ingredients with a recipe (`ladle recipes` lists them), or cook a recipe "
@@ -59,7 +59,8 @@ def prepare_argv(argv: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ladle.errors import LadleError
-    from ladle.evaluation.tasting import TASTING_OPTIONS, make_scorer
+    from ladle.evaluation.tasting import make_scorer
+    from ladle.spec import TASTING_OPTIONS
     from ladle.soup.options import COOK_OPTIONS
     from ladle.soup.recipes import RECIPES
 

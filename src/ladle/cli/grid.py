@@ -74,6 +74,6 @@ def run(args) -> int:
 
 def _tasting():
     """The tasting spec's options a grid takes: its own --bn (average or recalibrate); photos always cached."""
-    from ladle.spec import TASTING_OPTIONS
+    from ladle.spec import tasting_options
 
-    return [q for q in TASTING_OPTIONS if q.name not in ("bn", "cache_data")]
+    return tasting_options("bn", "cache_data")

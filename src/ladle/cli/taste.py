@@ -56,6 +56,6 @@ def run(args) -> int:
 
 def _tasting():
     """The tasting options but --bn, which taste extends with `all` (every policy side by side)."""
-    from ladle.spec import TASTING_OPTIONS
+    from ladle.spec import tasting_options
 
-    return [q for q in TASTING_OPTIONS if q.name != "bn"]
+    return tasting_options("bn")

@@ -22,7 +22,7 @@ from ladle.errors import LadleError
 from ladle.registry import Registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "test", "validation": "test"}
+TEST_FOLDERS = ("test", "val", "validation")  # the first found is the test split
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ def data_format(name: str, detect: Callable[[Path], bool]):
 
 
 def detect_format(path: Path) -> DataFormat:
-    for name in FORMATS:
-        if FORMATS[name].detect(path):
-            return FORMATS[name]
+    found = FORMATS.first(lambda fmt: fmt.detect(path))
+    if found is not None:
+        return found
     raise LadleError(f"not a dataset ladle can read (formats: {', '.join(FORMATS.names())})", file=path)
 
 
@@ -113,13 +113,11 @@ def image_folder(path: Path):
 
 
 def _split_folders(path: Path) -> dict[str, str]:
-    """{folder name: split} of the split folders a dataset root holds (test/ wins over val/)."""
-    found = {name: split for name, split in SPLIT_FOLDERS.items() if (path / name).is_dir()}
-    if "test" in found:
-        found = {n: s for n, s in found.items() if s != "test" or n == "test"}
-    elif len([n for n, s in found.items() if s == "test"]) > 1:
-        found.pop("validation")
-    return found
+    """{folder name: split} of the split folders a dataset root holds: train/, and the first of test/, val/,
+    validation/ as the test split."""
+    found = {"train": "train"} if (path / "train").is_dir() else {}
+    test = next((name for name in TEST_FOLDERS if (path / name).is_dir()), None)
+    return found | ({test: "test"} if test else {})
 
 
 def _looks_like_image_folder(path: Path) -> bool:

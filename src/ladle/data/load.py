@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ladle.data.examples import ArrayImages, Examples, concat
 from ladle.data.formats import detect_format
+from ladle.data.preprocess import DEFAULT as DEFAULT_PREPROCESS
 from ladle.data.preprocess import Preprocess
 from ladle.data.sets import ImageSet, fingerprint, unit
 from ladle.data.stream import StreamSet
@@ -57,8 +58,6 @@ def open_data(spec: str, *, preprocess: Preprocess | None = None, image_size: in
         fmt = detect_format(path)
         examples, record = _choose_split(fmt.splits(path), split, seed, heldout_fraction, path)
         record = {"kind": fmt.name, "path": str(path)} | record
-        if len(examples) == 0:
-            raise LadleError(f"split '{split}' holds no examples", file=source)
         if isinstance(examples, ArrayImages):
             try:
                 x = _to_tensor(examples.images, size)
@@ -66,7 +65,7 @@ def open_data(spec: str, *, preprocess: Preprocess | None = None, image_size: in
                 raise LadleError(str(e), file=path) from None
             data = ImageSet(x, torch.from_numpy(examples.labels), examples.classes, record | examples.source)
         else:
-            data = StreamSet(examples, preprocess or Preprocess(size, size), record, workers)
+            data = StreamSet(examples, preprocess or DEFAULT_PREPROCESS.at_size(size), record, workers)
     if len(data) == 0:
         raise LadleError(f"split '{split}' holds no examples", file=source)
     data.source.update(spec=spec, split=split, image_size=size, seed=seed)

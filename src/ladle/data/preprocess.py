@@ -67,6 +67,9 @@ class Preprocess:
                                    transforms.CenterCrop(self.size)])
 
 
+DEFAULT = Preprocess(DEFAULT_SIZE, DEFAULT_SIZE)  # no config of its own: shorter side to 64, centre crop, mean/std 0.5
+
+
 def to_uint8_chw(image):
     """A PIL image -> uint8 tensor (3, H, W): the bytes ToTensor would divide by 255."""
     import numpy as np
@@ -75,21 +78,18 @@ def to_uint8_chw(image):
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def timm_preprocess(name: str, model=None) -> Preprocess | None:
+def timm_preprocess(name: str) -> Preprocess | None:
     """timm's eval data config for a model name (its default pretrained config), or None if timm has none."""
     import timm
     import timm.data
 
-    if model is not None:
-        config = timm.data.resolve_data_config({}, model=model)
-    else:
-        try:
-            cfg = timm.get_pretrained_cfg(name)
-        except Exception:  # noqa: BLE001  unknown names are reported when the model is built
-            return None
-        if cfg is None:
-            return None
-        config = timm.data.resolve_data_config({}, pretrained_cfg=cfg.to_dict())
+    try:
+        cfg = timm.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001  unknown names are reported when the model is built
+        return None
+    if cfg is None:
+        return None
+    config = timm.data.resolve_data_config({}, pretrained_cfg=cfg.to_dict())
     if config.get("crop_mode", "center") != "center":
         return None  # squash / border crops: not the centre crop ladle reproduces
     size = int(config["input_size"][-1])

@@ -127,9 +127,9 @@ class Taster:
         if self.evaluator.store is None or any(not ing.files for ing in self.ingredients):
             return None
         if self._file_keys is None:
-            from ladle.io.hashing import sha256_file
+            from ladle.io.hashing import file_hashes
 
-            self._file_keys = [[sha256_file(f) for f in ing.files] for ing in self.ingredients]
+            self._file_keys = [file_hashes(ing.files) for ing in self.ingredients]
         from ladle.results.store import evaluation_key
 
         return evaluation_key(self.evaluator.model_id, self.keys, list(zip(self._file_keys, weights)))

@@ -35,11 +35,13 @@ class Tasting:
     def model_id(self) -> str:
         return self.spec.model_id(self.model.num_classes, self.model.preprocess.describe())
 
-    def evaluator(self, *, bn: str | None = None, progress: bool = False, store=None, splits: dict | None = None):
-        """An Evaluator of this tasting (one model built, its class count checked against the first split)."""
+    def evaluator(self, *, bn: str | None = None, progress: bool = False, store=None, splits: dict | None = None,
+                  net=None):
+        """An Evaluator of this tasting, around `net` (default: the model built now), its class count checked
+        against the first split; evaluators of several BatchNorm policies can share one model object."""
         from ladle.evaluation.evaluator import Evaluator, check_num_classes
 
-        net = self.model.build()
+        net = net if net is not None else self.model.build()
         check_num_classes(net, next(iter(self.splits.values())))
         evaluator = Evaluator(net, splits if splits is not None else self.splits, mean=self.model.mean,
                               std=self.model.std, device=self.device, batch_size=self.spec.eval_batch_size,

@@ -77,6 +77,11 @@ def remember_sha256(path: Path, value: str) -> None:
         _remember(cache, str(path), _stamp(path), value)
 
 
+def file_hashes(files: list) -> list[str]:
+    """The sha256 of each file of a checkpoint, in order: its part of an evaluation's store key."""
+    return [sha256_file(f) for f in files]
+
+
 def checkpoint_sha256(files: list) -> str:
     """A checkpoint's content hash: the sha256 of its file, or of its files' sha256s for a sharded directory."""
     if len(files) == 1:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ladle.data.preprocess import DEFAULT_SIZE, Preprocess, hf_preprocess, timm_preprocess
+from ladle.data.preprocess import DEFAULT as DEFAULT_PREPROCESS
+from ladle.data.preprocess import Preprocess, hf_preprocess, timm_preprocess
 from ladle.errors import LadleError
 from ladle.registry import Registry
 
@@ -30,7 +31,7 @@ class ModelSpec:
 
     spec: str
     num_classes: int | None = None
-    preprocess: Preprocess = field(default_factory=lambda: Preprocess(DEFAULT_SIZE, DEFAULT_SIZE))
+    preprocess: Preprocess = DEFAULT_PREPROCESS
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -60,9 +61,9 @@ MODEL_KINDS: Registry[ModelKind] = Registry("model kind", importable=False)
 
 def model_kind(spec: str) -> ModelKind:
     """The first registered kind that takes this spec, or one line listing the kinds."""
-    for name in MODEL_KINDS:
-        if MODEL_KINDS[name].matches(spec):
-            return MODEL_KINDS[name]
+    found = MODEL_KINDS.first(lambda kind: kind.matches(spec))
+    if found is not None:
+        return found
     raise LadleError(f"model: unknown spec '{spec}' (use {BUILTIN_STOCK}, timm:NAME, an HF directory or package.module:function)")
 
 
@@ -96,15 +97,15 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
 
 
 def _default_preprocess(spec: str) -> Preprocess:
-    return Preprocess(DEFAULT_SIZE, DEFAULT_SIZE)
+    return DEFAULT_PREPROCESS
 
 
 def _timm_preprocess(spec: str) -> Preprocess:
-    return timm_preprocess(spec.removeprefix("timm:").partition("@")[0]) or Preprocess(DEFAULT_SIZE, DEFAULT_SIZE)
+    return timm_preprocess(spec.removeprefix("timm:").partition("@")[0]) or DEFAULT_PREPROCESS
 
 
 def _hf_preprocess(spec: str) -> Preprocess:
-    return hf_preprocess(Path(spec)) or Preprocess(DEFAULT_SIZE, DEFAULT_SIZE)
+    return hf_preprocess(Path(spec)) or DEFAULT_PREPROCESS
 
 
 MODEL_KINDS.register("efficientnet-lite0", ModelKind(

@@ -16,7 +16,7 @@ from pathlib import Path
 from ladle.errors import LadleError
 from ladle.io.checkpoints import open_ingredient
 from ladle.shifts.corruptions import CorruptionCache, SuiteSpec, corrupted_sets, resize_note
-from ladle.evaluation.evaluator import Evaluator, Metrics
+from ladle.evaluation.evaluator import Metrics
 from ladle.evaluation.tasting import Tasting
 from ladle.models.specs import ModelSpec
 from ladle.spec import BN_POLICIES, TastingSpec
@@ -96,6 +96,7 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
     (labelled images), every model is read out by weighted kNN against its embeddings of the bank instead of its head.
     Every evaluation is stored under the key `cook` uses (ladle.results.store.evaluation_key), so logits computed by
     one are reused by the other."""
+    from ladle.io.hashing import file_hashes
     from ladle.results.store import evaluation_key
     from ladle.soup.cook import cook
 
@@ -113,8 +114,9 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
         rows = knn_rows(checkpoints, tasting.model, every, knn_bank, uniform=uniform, device=tasting.device,
                         batch_size=tasting.spec.eval_batch_size)
         return _report(data, rows, grids, corruptions, shifted, mce_baseline)
-    base_ev = tasting.evaluator(bn=policies[0], progress=progress, store=store, splits=every)
-    evaluators = {p: base_ev if p == policies[0] else _sibling(base_ev, p, tasting.bn_data) for p in policies}
+    net = tasting.model.build()  # one model object for every BatchNorm policy
+    evaluators = {p: tasting.evaluator(bn=p, progress=progress, store=store, splits=every, net=net) for p in policies}
+    base_ev = evaluators[policies[0]]
     model_id = tasting.model_id
 
     def key(files: list[list[str]], weights: list[float], tensors: list[str]) -> str | None:
@@ -129,9 +131,9 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
         ing = open_ingredient(ckpt)
         if is_soup(ckpt):
             soups.append((ing.name, ing))
-            keys[ing.name] = key([file_hashes(ing)], [1.0], list(ing.keys()))
+            keys[ing.name] = key([file_hashes(ing.files)], [1.0], list(ing.keys()))
             continue
-        hashes[ing.name] = file_hashes(ing)
+        hashes[ing.name] = file_hashes(ing.files)
         keys[ing.name] = key([hashes[ing.name]], [1.0], list(ing.keys()))
         base_ev.logits_many(ing.name, _lazy_state(ing), list(every), key=keys[ing.name], kind="ingredient")
         _release(ing)
@@ -156,16 +158,6 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
         rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
                         {s: base_ev.ensemble(ingredient_names, s) for s in every}))
     return _report(data, rows, grids, corruptions, shifted, mce_baseline)
-
-
-def _sibling(ev: Evaluator, bn: str, bn_data) -> Evaluator:
-    """The same model and data under another BatchNorm policy (one model object, as the splits are shared)."""
-    sibling = Evaluator(ev.model, ev.splits, mean=tuple(ev.mean.flatten().tolist()),
-                        std=tuple(ev.std.flatten().tolist()), device=ev.device, batch_size=ev.batch_size, bn=bn,
-                        bn_data=bn_data, progress=ev.progress, store=ev.store, model_id=ev.model_id,
-                        precision=ev.precision, workers=ev.workers)
-    sibling.record = ev.record
-    return sibling
 
 
 def _report(data, rows, grids, corruptions, shifted, mce_baseline) -> TasteReport:
@@ -246,13 +238,6 @@ def _release(ing) -> None:
     """Drop the pages of a checkpoint that has been read, so tasting N of them holds none of them afterwards."""
     for k in ing.keys():
         ing.release(k)
-
-
-def file_hashes(ing) -> list[str]:
-    """The sha256 of each file of a checkpoint (empty for an in-memory state): its part of a store key."""
-    from ladle.io.hashing import sha256_file
-
-    return [sha256_file(f) for f in ing.files]
 
 
 def content_key(ing) -> str | None:
