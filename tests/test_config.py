@@ -8,8 +8,8 @@ import argparse
 import pytest
 
 from ladle.cli.main import build_parser, main
-from ladle.config import (BRANCH_POINTS_FIELDS, SELF_SOUP_FIELDS, SWEEP_FIELDS, Field, add_flags, check_value,
-                          overrides_from)
+from ladle.cli.common import add_flags, overrides_from
+from ladle.config import BRANCH_POINTS_FIELDS, SELF_SOUP_FIELDS, SWEEP_FIELDS, Field, check_value
 from ladle.errors import LadleError
 from ladle.studies.branch_points import load_branch_config
 from ladle.studies.self_soup import load_self_soup_config

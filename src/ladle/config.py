@@ -5,7 +5,7 @@
 The defaults are the shipped default file (`training/configs/demo.yaml`, `studies/configs/branch-points.yaml`,
 `studies/configs/self-soup.yaml`): one place, with the prose that says why, and the file a user copies. A field
 is declared here as recipe parameters are declared by their signatures (ladle.soup.schema.Param), plus bounds,
-so the same declaration checks a YAML field and makes the command-line flag (ladle.cli.common.add_params).
+so the same declaration checks a YAML field and makes the command-line flag (ladle.cli.common.add_flags).
 Every error is one line naming where the value came from, the line and the field
 (`sweep.yaml:3: field 'lrr': unknown field (…)`), before any training: exit 2.
 
@@ -16,7 +16,7 @@ start-up and the training and study packages import torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ladle.errors import LadleError
@@ -258,33 +258,3 @@ def check_value(f: Field, value, where: dict):
 
 def fail(where: dict, name: str, problem: str):
     raise LadleError(f"{where.get(name, 'config')}: field '{name}': {problem}")
-
-
-# ---- the command line --------------------------------------------------------------------------------------------
-
-
-def add_flags(parser, fields: list[Field], skip: tuple[str, ...] = ()) -> None:
-    """A flag per declared field with a plain type (structured ones are set with --set), and --set FIELD=VALUE."""
-    from ladle.cli.common import add_params
-
-    flags = [replace(f, help=f"{f.help} [{f.bounds}]") if f.bounds else f for f in fields if f.type is not object]
-    add_params(parser, flags, skip)
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
-                        help="any config field, the value in YAML (e.g. --set 'lr=[1e-4, 2e-4]', --set temperature=0.1); "
-                             "repeatable, after the flags")
-
-
-def overrides_from(args, fields: list[Field]) -> dict:
-    """The fields the command line set: its flags, then each --set."""
-    import yaml
-
-    out = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name, None) is not None}
-    for item in getattr(args, "sets", []):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise LadleError(f"--set: expected FIELD=VALUE, got '{item}'")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise LadleError(f"--set {key.strip()}: not a YAML value: '{value}'") from None
-    return out

@@ -60,6 +60,38 @@ def add_params(parser: argparse.ArgumentParser, params, skip: tuple[str, ...] = 
         parser.add_argument(p.flag, **kwargs)
 
 
+def add_flags(parser, fields, skip: tuple[str, ...] = ()) -> None:
+    """A flag per declared config field (ladle.config.Field) with a plain type, its bounds in the help (structured
+    fields are set with --set), and --set FIELD=VALUE."""
+    from dataclasses import replace
+
+    flags = [replace(f, help=f"{f.help} [{f.bounds}]") if f.bounds else f for f in fields if f.type is not object]
+    add_params(parser, flags, skip)
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any config field, the value in YAML (e.g. --set 'lr=[1e-4, 2e-4]', --set temperature=0.1); "
+                             "repeatable, after the flags")
+
+
+def overrides_from(args, fields) -> dict:
+    """The fields the command line set: its flags, then each --set."""
+    import yaml
+
+    out = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name, None) is not None}
+    for item in getattr(args, "sets", []):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            from ladle.errors import LadleError
+
+            raise LadleError(f"--set: expected FIELD=VALUE, got '{item}'")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            from ladle.errors import LadleError
+
+            raise LadleError(f"--set {key.strip()}: not a YAML value: '{value}'") from None
+    return out
+
+
 def _show(value) -> str:
     if isinstance(value, (list, tuple)) and not value:
         return "none"

@@ -6,7 +6,8 @@ from ladle.cli.common import db_option, executor_option, print_json, show_progre
 
 
 def add_parser(sub) -> None:
-    from ladle.config import BRANCH_POINTS_FIELDS, SELF_SOUP_FIELDS, add_flags
+    from ladle.cli.common import add_flags
+    from ladle.config import BRANCH_POINTS_FIELDS, SELF_SOUP_FIELDS
 
     study = sub.add_parser("study", help="studies over the results store (resumable)")
     kinds = study.add_subparsers(dest="study", required=True, metavar="STUDY")
@@ -50,7 +51,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ladle.config import BRANCH_POINTS_FIELDS, SELF_SOUP_FIELDS, overrides_from
+    from ladle.cli.common import overrides_from
+    from ladle.config import BRANCH_POINTS_FIELDS, SELF_SOUP_FIELDS
 
     if args.study == "self-soup":
         from ladle.studies.self_soup import format_table, load_self_soup_config, study_self_soup

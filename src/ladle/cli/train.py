@@ -13,7 +13,8 @@ SSL_SKIP = ("runs", "lp_steps", "lp_lr", "epochs")  # fixed by what an ssl run i
 
 
 def add_parser(sub) -> None:
-    from ladle.config import SWEEP_FIELDS, add_flags
+    from ladle.cli.common import add_flags
+    from ladle.config import SWEEP_FIELDS
 
     train = sub.add_parser("train", help="cook ingredients")
     train_sub = train.add_subparsers(dest="train_command", required=True, metavar="WHAT")
@@ -61,7 +62,8 @@ def run(args) -> int:
 
     from ladle.training import run_sweep
 
-    from ladle.config import SWEEP_FIELDS, overrides_from
+    from ladle.cli.common import overrides_from
+    from ladle.config import SWEEP_FIELDS
 
     config = args.config if args.train_command == "sweep" else ssl_config(args)
     overrides = overrides_from(args, SWEEP_FIELDS)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ladle.errors import LadleError
-from ladle.spec import BN_POLICIES, TASTING_OPTIONS, TastingSpec
+from ladle.spec import TastingSpec
 
-__all__ = ["BN_POLICIES", "TASTING_OPTIONS", "Tasting", "TastingSpec", "default_device", "logit_cache", "make_scorer",
+__all__ = ["Tasting", "TastingSpec", "default_device", "logit_cache", "make_scorer",
            "resolve"]
 
 
