@@ -374,8 +374,11 @@ def test_not_a_dataset(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LadleError, match="not a dataset ladle can read"):
         load_data(str(tmp_path / "empty"))
-    (tmp_path / "data.csv").write_text("1,2\n")
-    with pytest.raises(LadleError, match=r"data.csv: not a dataset ladle can read \(formats: npz, .*imagefolder\)"):
+    (tmp_path / "data.txt").write_text("1,2\n")
+    with pytest.raises(LadleError, match=r"data.txt: not a dataset ladle can read \(formats: npz, .*imagefolder"):
+        load_data(str(tmp_path / "data.txt"))
+    (tmp_path / "data.csv").write_text("text,label\nfine,1\n")  # text needs a text model to read it
+    with pytest.raises(LadleError, match=r"data.csv: holds text: taste it with a text model"):
         load_data(str(tmp_path / "data.csv"))
 
 
@@ -451,12 +454,12 @@ def test_hf_labels_without_class_label(tmp_path):
     assert data.y.tolist() == [3, 5, 7, 3, 5, 7] and data.classes == [str(i) for i in range(8)]
 
 
-def test_hf_dataset_without_image_column(tmp_path):
+def test_hf_dataset_without_image_column_is_text(tmp_path):
     import datasets
 
     path = tmp_path / "hf-text"
     datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).save_to_disk(str(path))
-    with pytest.raises(LadleError, match="needs an Image column") as e:
+    with pytest.raises(LadleError, match="holds text: taste it with a text model") as e:
         load_data(f"{path}:all")
     assert str(path) in one_line(e)
 

@@ -316,25 +316,48 @@ def write_format(name: str, root) -> str:
                 (root / split / f"c{label}").mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image).save(root / split / f"c{label}" / f"{i}.png")
         return str(root)
+    texts = [f"{w} movie {'very ' * (i % 3)}" for i, w in enumerate(["good", "bad", "fine"] * 4)]
+    if name == "text-file":
+        (root / "set.csv").write_text("text,label\n" + "".join(f"{t},{['a', 'b', 'c'][y]}\n"
+                                                                 for t, y in zip(texts, labels)))
+        return str(root / "set.csv")
+    if name == "text-folder":
+        for split in ("train", "test"):
+            (root / f"{split}.jsonl").write_text("".join(json.dumps({"sentence": t, "label": int(y)}) + "\n"
+                                                         for t, y in zip(texts, labels)))
+        return str(root)
     raise AssertionError(f"no fixture for data format '{name}': add one here")
+
+
+TEXT_FORMATS = ("text-file", "text-folder")
 
 
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_data_format_is_detected_split_lazily_and_decoded(name, tmp_path):
     """Every format: detected from its path, its test split read alone (3 classes, every label), heldout carved
-    from train without decoding, and the same uint8 images through the model-size preprocessing."""
+    from train without decoding, and the same uint8 images through the model-size preprocessing (text: token ids
+    through the model's tokenizer, padded per batch)."""
     from ladle.data import open_data
     from ladle.data.formats import detect_format
     from ladle.data.preprocess import Preprocess
 
     path = write_format(name, tmp_path)
     assert detect_format(Path(path)).name == name and FORMATS[name].summary
-    test = open_data(f"{path}:test", preprocess=Preprocess(16, 16))
+    preprocess = Preprocess(16, 16)
+    if name in TEXT_FORMATS:
+        from ladle.models.text import tokenization
+        from text_fixtures import write_bert
+
+        preprocess = tokenization(str(write_bert(tmp_path / "model", num_labels=3)))
+    test = open_data(f"{path}:test", preprocess=preprocess)
     assert len(test) in (12, 2) and sorted(set(test.y.tolist())) <= [0, 1, 2]  # one pool: a 20 % test slice
-    heldout = open_data(f"{path}:heldout", preprocess=Preprocess(16, 16))
+    heldout = open_data(f"{path}:heldout", preprocess=preprocess)
     assert 1 <= len(heldout) < 12
     batch = next(iter(test.batches(4)))
-    assert batch.shape[1:] == (3, 16, 16) and batch.dtype in (torch.uint8, torch.float32)
+    if name in TEXT_FORMATS:
+        assert batch["input_ids"].shape[0] == min(4, len(test)) and batch["attention_mask"].dtype == torch.long
+    else:
+        assert batch.shape[1:] == (3, 16, 16) and batch.dtype in (torch.uint8, torch.float32)
 
 
 # ------------------------------------------------------------------------------ model kinds
@@ -344,6 +367,10 @@ KIND_SPECS = {"efficientnet-lite0": "efficientnet-lite0", "timm": "timm:resnet18
 
 
 def kind_spec(name: str, tmp_path) -> str:
+    if name == "hf-text":
+        from text_fixtures import write_bert
+
+        return str(write_bert(tmp_path / "bert", num_labels=3))
     if name == "hf-directory":
         from transformers import ResNetConfig
 
@@ -367,6 +394,14 @@ def test_model_kind_builds_a_model_with_its_own_preprocessing(name, tmp_path):
     spec_text = kind_spec(name, tmp_path)
     assert model_kind(spec_text).name == name and MODEL_KINDS[name].summary
     spec = model_spec(spec_text, 3, 32)
+    if spec.is_text:  # a tokenizer instead of a resize and crop: token ids through the model
+        from ladle.evaluation.evaluator import call_model
+
+        model = spec.build().eval()
+        batch = spec.preprocess.load()(["a good movie", "bad"], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            assert call_model(model, dict(batch)).shape == (2, 3)
+        return
     assert spec.preprocess.size == 32
     model = spec.build().eval()
     with torch.inference_mode():

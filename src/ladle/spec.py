@@ -23,7 +23,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class TastingSpec:
     """What a model is tasted with: model, data, preprocessing, BatchNorm policy, device, precision, batching."""
 
-    model: Annotated[str, "efficientnet-lite0, timm:NAME[@FILE], an HF directory or package.module:function"] = None
+    model: Annotated[str, "efficientnet-lite0, timm:NAME[@FILE], an HF directory (image or text) or "
+                          "package.module:function (default: the first ingredient, if it is an HF directory)"] = None
     data: Annotated[list[str], "the data to taste on: SOURCE[:split] (repeatable; default split per recipe)"] = ()
     num_classes: Annotated[int, "classes of the model's head (default: the data's)"] = None
     image_size: Annotated[int, "input resolution (default: the model's own preprocessing: timm's data config, "
@@ -39,10 +40,17 @@ class TastingSpec:
                                 "later passes read no image file (default: on where the same images are read many "
                                 "times: greedy, learned, season, grid)"] = None
     seed: Annotated[int, "seed of the data splits (and of the recipe, if it takes one)"] = 0
+    max_length: Annotated[int, "text: truncate token sequences at this length (default: the model's, at most 512)"] = None
+    text_column: Annotated[str, "text: the column of the texts (default: text, else sentence, else sentence1 "
+                                "with sentence2 as its pair)"] = None
+    text_pair_column: Annotated[str, "text: the column of a second text read with the first (a pair)"] = None
+    label_column: Annotated[str, "text: the column of the labels (default: label); names are mapped through the "
+                                 "model's label2id, else numbered in sorted order"] = None
 
     def __post_init__(self):
         object.__setattr__(self, "data", tuple(self.data or ()))
-        for name, low in (("num_classes", 1), ("image_size", 1), ("eval_batch_size", 1), ("workers", 0)):
+        for name, low in (("num_classes", 1), ("image_size", 1), ("eval_batch_size", 1), ("workers", 0),
+                          ("max_length", 2)):
             value = getattr(self, name)
             if value is not None and value < low:
                 from ladle.errors import LadleError
@@ -54,6 +62,10 @@ class TastingSpec:
         """A spec from flags or YAML fields, each checked against its declaration (one line naming a bad one)."""
         return cls(**validate(TASTING_OPTIONS, {k: v for k, v in values.items() if v is not None},
                               "the tasting options", where))
+
+    def with_default_model(self, checkpoints) -> TastingSpec:
+        """The spec with --model defaulting to the first checkpoint when that is a Hugging Face folder."""
+        return self if self.model else self.replace(model=default_model(checkpoints))
 
     def replace(self, **changes) -> TastingSpec:
         return replace(self, **changes)
@@ -73,6 +85,15 @@ class TastingSpec:
         what = {"model": self.model, "classes": num_classes, "precision": self.precision,
                 "preprocess": {k: v for k, v in preprocess.items() if k != "origin"}}
         return f"{self.model}|classes={num_classes}|" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_model(checkpoints) -> str | None:
+    """The first checkpoint when it is a Hugging Face folder (its config and tokenizer or image processor say what
+    the model is), else None."""
+    from pathlib import Path
+
+    first = Path(str(checkpoints[0])) if checkpoints else None
+    return str(first) if first is not None and (first / "config.json").is_file() else None
 
 
 TASTING_OPTIONS = params_of(TastingSpec, skip=())[0]

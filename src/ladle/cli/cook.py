@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
             if "seed" in taste_fields and "seed" in {p.name for p in recipe.parameters}:
                 fields["seed"] = taste_fields["seed"]
             if not taste_fields.get("model"):
+                from ladle.spec import default_model
+
+                taste_fields["model"] = default_model(ingredients)  # HF folders: the first one's config and tokenizer
+            if not taste_fields.get("model"):
                 raise LadleError(f"cook: --model is required ({recipe.name} tastes candidate soups)")
             if not taste_fields.get("data"):
                 raise LadleError(f"cook: --data is required ({recipe.name} tastes candidate soups)")

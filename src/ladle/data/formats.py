@@ -89,7 +89,7 @@ def cifar100(path: Path):
 @data_format("hf-datasets", detect=lambda p: p.is_dir() and ((p / "dataset_dict.json").is_file()
                                                            or (p / "dataset_info.json").is_file()))
 def hf_datasets(path: Path):
-    """a Hugging Face `datasets` folder (save_to_disk) with an Image column and a label column"""
+    """a Hugging Face `datasets` folder (save_to_disk): an Image column and a label column, or text columns"""
     import datasets
 
     loaded = datasets.load_from_disk(str(path))
@@ -158,7 +158,11 @@ def _dataset_images(path: Path, name: str, ds, parts: dict) -> DatasetImages:
     image_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.Image)), None)
     label_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
     label_col = label_col or next((c for c in ("label", "labels", "fine_label") if c in ds.features), None)
-    if image_col is None or label_col is None:
+    if image_col is None:  # a text dataset: its columns, chosen from by the tasting options
+        from ladle.data.text import dataset_table
+
+        return dataset_table(path, name, ds, parts)
+    if label_col is None:
         raise LadleError(f"split '{name}' needs an Image column and a label column (has: {', '.join(ds.features)})",
                          file=path)
     feature, labels = ds.features[label_col], list(ds[label_col])  # the label column only: no image is decoded

@@ -25,6 +25,9 @@ from ladle.data.preprocess import DEFAULT as DEFAULT_PREPROCESS
 from ladle.data.preprocess import Preprocess
 from ladle.data.sets import ImageSet, fingerprint, unit
 from ladle.data.stream import StreamSet
+from ladle.data.text import Table, TextColumns, TextExamples, TextSet, Tokenization, text_examples
+from ladle.data.text_sources import BUILTIN_TEXT, group_split
+import ladle.data.text_formats  # noqa: F401  registers the text formats
 from ladle.errors import LadleError
 
 SPLITS = ("train", "heldout", "test", "all")
@@ -40,25 +43,38 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def open_data(spec: str, *, preprocess: Preprocess | None = None, image_size: int = 64, seed: int = 0,
-              heldout_fraction: float = 0.1, workers: int | None = None) -> ImageSet | StreamSet:
+def open_data(spec: str, *, preprocess: Preprocess | Tokenization | None = None, image_size: int = 64, seed: int = 0,
+              heldout_fraction: float = 0.1, workers: int | None = None,
+              columns: TextColumns | None = None) -> ImageSet | StreamSet | TextSet:
     """A data spec's split (default: test), reading only what that split needs. Photos (ImageFolder, HF image
     datasets) come back as a StreamSet decoded through `preprocess` (default: shorter side to `image_size`, centre
     crop) as they are read; arrays already in memory (digits, .npz, CIFAR) as an ImageSet resized whole to the
-    input size: they are already framed, so they are not cropped."""
+    input size: they are already framed, so they are not cropped. Text (csv, tsv, jsonl, parquet, HF text datasets,
+    rotten-tomatoes, trec) comes back as a TextSet read through a text model's tokenizer (`preprocess` a
+    Tokenization), its `columns` chosen by the tasting options."""
     source, split = parse_spec(spec)
     split = split or "test"
-    size = preprocess.size if preprocess is not None else image_size
+    text = isinstance(preprocess, Tokenization)
+    size = None if text else preprocess.size if preprocess is not None else image_size
     if source == "digits":
         data = _digits(split, size, seed)
+    elif source in BUILTIN_TEXT:
+        examples, record = _builtin_text(source, split, seed, heldout_fraction, preprocess, columns)
+        data = TextSet(examples, preprocess, record, workers)
     else:
         path = Path(source)
         if not path.exists():
-            raise LadleError("no such dataset (expected digits, a folder or a .npz file)", file=path)
+            raise LadleError("no such dataset (expected digits, rotten-tomatoes, trec, a folder or a file)", file=path)
         fmt = detect_format(path)
-        examples, record = _choose_split(fmt.splits(path), split, seed, heldout_fraction, path)
+        parts = {name: (lambda part=part: _text_or_images(part(), preprocess, columns))
+                 for name, part in fmt.splits(path).items()}
+        examples, record = _choose_split(parts, split, seed, heldout_fraction, path)
         record = {"kind": fmt.name, "path": str(path)} | record
-        if isinstance(examples, ArrayImages):
+        if isinstance(examples, TextExamples):
+            data = TextSet(examples, preprocess, record, workers)
+        elif text:
+            raise LadleError("holds images, but the model reads text (--model)", file=path)
+        elif isinstance(examples, ArrayImages):
             try:
                 x = _to_tensor(examples.images, size)
             except ValueError as e:
@@ -68,10 +84,44 @@ def open_data(spec: str, *, preprocess: Preprocess | None = None, image_size: in
             data = StreamSet(examples, preprocess or DEFAULT_PREPROCESS.at_size(size), record, workers)
     if len(data) == 0:
         raise LadleError(f"split '{split}' holds no examples", file=source)
-    data.source.update(spec=spec, split=split, image_size=size, seed=seed)
+    data.source.update(spec=spec, split=split, seed=seed, **({} if text else {"image_size": size}))
     if isinstance(data, ImageSet):
         data.source["fingerprint"] = fingerprint(data)
     return data
+
+
+def _text_or_images(part, preprocess, columns: TextColumns | None):
+    """A format's split as examples: a table of text becomes the examples the text model reads from it."""
+    if not isinstance(part, Table):
+        return part
+    if not isinstance(preprocess, Tokenization):
+        raise LadleError("holds text: taste it with a text model (--model: an HF folder with a tokenizer)",
+                         file=part.path)
+    return text_examples(part, columns or TextColumns(), preprocess)
+
+
+def _builtin_text(name: str, split: str, seed: int, fraction: float, tokenization, columns) -> tuple:
+    """A named text source shipped inside a package. Rotten Tomatoes is split by movie (test: a fixed fifth of the
+    movies; held-out: a seeded share of the rest), so no movie's snippets are on both sides; TREC is one pool."""
+    if not isinstance(tokenization, Tokenization):
+        raise LadleError(f"data: {name} is text: taste it with a text model (--model: an HF folder with a tokenizer)")
+    table = BUILTIN_TEXT[name]()
+    part = Table({"text": list(table.texts), "label": list(table.labels)}, table.path,
+                 label_names={"label": list(table.classes)}, groups=table.groups)
+    full = text_examples(part, columns or TextColumns(), tokenization)
+    record = {"kind": name, "path": str(table.path)}
+    if split == "all":
+        return full, record | {"subset": "all"}
+    if table.groups is None:
+        return _choose_split({"all": lambda: full}, split, seed, fraction, table.path)[0], record | {"subset": split}
+    rest, test = group_split(table.groups, (1 - TEST_FRACTION,), seed=0)
+    if split == "test":
+        idx = test
+    else:
+        heldout, train = group_split([table.groups[i] for i in rest], (fraction,), seed=seed)
+        idx = rest[heldout if split == "heldout" else train]
+    return full.select(idx), record | {"subset": split, "indices_sha256": _hash_indices(idx),
+                                       "heldout_fraction": fraction, "split_by": "movie"}
 
 
 def load_data(spec: str, *, image_size: int = 64, seed: int = 0, heldout_fraction: float = 0.1,
@@ -134,7 +184,9 @@ def _choose_split(splits: dict, split: str, seed: int, fraction: float, path: Pa
     if split == "all":  # every example, e.g. a folder that is itself a test set
         if "all" in splits:
             return splits["all"](), {}
-        return concat([splits[s]() for s in splits]), {"subset": "all"}
+        parts = [splits[s]() for s in splits]
+        joined = TextExamples.join(parts) if all(isinstance(p, TextExamples) for p in parts) else concat(parts)
+        return joined, {"subset": "all"}
     if "all" in splits:  # one pool: test and held-out are both seeded, stratified slices of it
         full = splits["all"]()
         n = len(full)

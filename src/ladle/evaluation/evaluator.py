@@ -7,6 +7,7 @@ recipe that asks for a score never rebuilds data and never re-runs an ingredient
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
@@ -17,6 +18,7 @@ from ladle.progress import progress_bar
 
 from ladle.data.sets import ImageSet, fingerprint, unit
 from ladle.data.stream import StreamSet
+from ladle.data.text import TextSet, check_labels, model_inputs
 from ladle.errors import LadleError
 from ladle.heap import steady_heap
 from ladle.spec import BN_POLICIES
@@ -25,13 +27,22 @@ from ladle.models.specs import load_weights
 
 @dataclass(frozen=True)
 class Metrics:
-    accuracy: float
+    """Classifiers (and multiple choice): accuracy, NLL, ECE; a language model's corpus: NLL per token and
+    perplexity (its accuracy and ECE are None: there is no class to get right)."""
+
+    accuracy: float | None
     nll: float
-    ece: float
+    ece: float | None
     n: int
+    perplexity: float | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @property
+    def value(self) -> float:
+        """Higher is better: accuracy, or minus the NLL where there is no accuracy (a corpus)."""
+        return self.accuracy if self.accuracy is not None else -self.nll
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Metrics:
@@ -48,6 +59,22 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, bins: int = 
         if inside.any():
             ece += inside.double().mean().item() * abs(confidence[inside].mean().item() - correct[inside].mean().item())
     return Metrics(correct.mean().item(), nll, ece, len(labels))
+
+
+def lm_metrics(rows: torch.Tensor) -> Metrics:
+    """A corpus' NLL per predicted token (the sum over every text over the count) and its perplexity, from rows of
+    [summed token NLL, tokens] per text."""
+    rows = rows.double()
+    tokens = rows[:, 1].sum().item()
+    nll = rows[:, 0].sum().item() / tokens if tokens else math.nan
+    return Metrics(None, nll, None, int(tokens), math.exp(nll) if nll == nll else math.nan)
+
+
+def metrics_of(data, rows: torch.Tensor, labels: torch.Tensor | None = None) -> Metrics:
+    """The metrics of a split's rows, by what the split holds (labels: default the split's own)."""
+    if getattr(data, "task", "classify") == "lm":
+        return lm_metrics(rows)
+    return metrics_from_logits(rows, data.y if labels is None else labels)
 
 
 AUTOCAST = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision
@@ -76,7 +103,9 @@ def ensemble_logits(logits: Iterable[torch.Tensor], mode: str = "probs") -> torc
 
 def channels_last(x):
     """Image batches and conv nets in channels-last layout: measured here 1.3-1.9× faster on CPU (oneDNN), also
-    the fast layout on CUDA. Tensors that are not images, and modules, keep their values exactly."""
+    the fast layout on CUDA. Tensors that are not images, text batches and modules keep their values exactly."""
+    if isinstance(x, Mapping):
+        return x
     if isinstance(x, nn.Module):
         return x.to(memory_format=torch.channels_last)
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
@@ -90,6 +119,13 @@ def batchnorm_keys(model: nn.Module) -> set[str]:
             prefix = f"{name}." if name else ""
             keys.update(prefix + b for b, v in module.named_buffers(recurse=False) if v is not None)
     return keys
+
+
+def call_model(model: nn.Module, x) -> torch.Tensor:
+    """The model's logits on a batch: an image tensor, or a text batch (a dict) whose model inputs go in as keyword
+    arguments; outputs with `.logits` (Hugging Face) give those."""
+    out = model(**model_inputs(x)) if isinstance(x, Mapping) else model(x)
+    return out.logits if hasattr(out, "logits") else out
 
 
 def _inputs(batch):
@@ -167,8 +203,11 @@ class Evaluator:
             return f"recalibrate:{self.bn_data.source.get('fingerprint', '?')}"
         return self.bn
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 1] images, anywhere -> the model's input on the device (ToTensor + Normalize arithmetic)."""
+    def normalise(self, x):
+        """uint8 or [0, 1] images, anywhere -> the model's input on the device (ToTensor + Normalize arithmetic);
+        a text batch's tensors are moved to the device."""
+        if isinstance(x, Mapping):
+            return {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
         x = unit(x.to(self.device, non_blocking=True))
         return channels_last((x - self.mean) / self.std)
 
@@ -178,15 +217,26 @@ class Evaluator:
         for batch in data.batches(self.batch_size, workers=self.workers, pin_memory=pin):
             yield self.normalise(batch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (float32, on the CPU) of a batch of model inputs, under autocast for bf16 / fp16."""
+    def forward(self, x, data=None) -> torch.Tensor:
+        """Rows (float32, on the CPU) of a batch of model inputs, under autocast for bf16 / fp16: logits, or what a
+        text split reads out of them (a corpus text's token NLL, a question's choice log-likelihoods)."""
         if self.precision == "fp32":
-            out = self.model(x)
+            out = call_model(self.model, x)
         else:
             with torch.autocast(self.device.type, dtype=AUTOCAST[self.precision]):
-                out = self.model(x)
-        out = out.logits if hasattr(out, "logits") else out
+                out = call_model(self.model, x)
+        if isinstance(data, TextSet):
+            out = data.readout(out, x)
         return out.float().cpu()
+
+    def metrics(self, split: str, rows: torch.Tensor) -> Metrics:
+        return metrics_of(self.splits[split], rows)
+
+    def visited_labels(self, split: str) -> torch.Tensor:
+        """The labels in the order the split's batches visit its examples (text: shortest first)."""
+        data = self.splits[split]
+        order = getattr(data, "order", None)
+        return data.y if order is None else data.y[torch.from_numpy(order)]
 
     def indexable(self, split: str) -> ImageSet:
         """The split with random access (a learned soup draws shuffled batches): a streamed split is decoded once
@@ -228,11 +278,11 @@ class Evaluator:
         out = []
         bar = progress_bar(total=len(data), desc=f"eval {split}", unit="img", enabled=self.progress)
         for x in self.batches(data):
-            out.append(self.forward(x))
-            bar.update(len(x))
+            out.append(self.forward(x, data))
+            bar.update(len(out[-1]))
         bar.close()
         self.forward_passes += len(data)
-        return torch.cat(out)
+        return in_example_order(data, torch.cat(out))
 
     def logits(self, name: str, state: Mapping[str, torch.Tensor] | None, split: str,
                first: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -266,17 +316,17 @@ class Evaluator:
         Stops as soon as the answer is no: when the errors so far leave fewer right answers possible than
         `needed`, so a candidate that cannot win costs only the batches it takes to see that. The answer is that
         of a full evaluation (same predictions as metrics_from_logits); a complete pass is cached like `logits`."""
-        y = self.labels(split)
-        n = len(y)
+        n = len(self.labels(split))
         if self.recall(name, split, key):
-            return int((_predictions(self.cache[(name, split)]) == y).sum()) >= needed, 0
+            return int((_predictions(self.cache[(name, split)]) == self.labels(split)).sum()) >= needed, 0
+        y = self.visited_labels(split)  # partial logits follow the batches' order
         known = self.partial.get((name, split))  # the first images of an evaluation stopped before
         if known is not None and int((_predictions(known) == y[: len(known)]).sum()) + n - len(known) < needed:
             return False, len(known)  # what it took to see it, back then
         self.prepare(state, first, name)
         out, correct, seen = [], 0, 0
         for x in self.batches(self.splits[split]):
-            logits = self.forward(x)
+            logits = self.forward(x, self.splits[split])
             out.append(logits)
             correct += int((_predictions(logits) == y[seen : seen + len(logits)]).sum())
             seen += len(logits)
@@ -291,7 +341,7 @@ class Evaluator:
                                               extra=self.record or None)
                 return False, seen
         self.partial.pop((name, split), None)
-        self.cache[(name, split)] = torch.cat(out)
+        self.cache[(name, split)] = in_example_order(self.splits[split], torch.cat(out))
         if self.store is not None and key is not None:
             self._put(key, name, split, "soup")
         return correct >= needed, seen
@@ -309,9 +359,9 @@ class Evaluator:
         return (name, split) in self.cache
 
     def _put(self, key: str, name: str, split: str, kind: str) -> None:
-        m = metrics_from_logits(self.cache[(name, split)], self.labels(split))
+        m = self.metrics(split, self.cache[(name, split)])
         self.store.put_evaluation(key, self._fingerprint(split), self.bn_key, model_name=str(name), kind=kind,
-                                  data_name=split, accuracy=m.accuracy, nll=m.nll, ece=m.ece, n=m.n,
+                                  data_name=split, accuracy=_real(m.accuracy), nll=m.nll, ece=_real(m.ece), n=m.n,
                                   logits=self.cache[(name, split)], extra=self.record or None)
 
     def _fingerprint(self, split: str) -> str:
@@ -321,20 +371,41 @@ class Evaluator:
     def score(self, name: str, state, split: str, first=None, key: str | None = None, kind: str = "model") -> Metrics:
         if state is None and (name, split) not in self.cache and key is None:
             raise KeyError(f"no cached logits for {name} on {split}")
-        return metrics_from_logits(self.logits_many(name, state, [split], first, key=key, kind=kind)[split],
-                                   self.labels(split))
+        return self.metrics(split, self.logits_many(name, state, [split], first, key=key, kind=kind)[split])
 
     def ensemble(self, names: list[str], split: str, mode: str = "probs") -> Metrics:
+        if getattr(self.splits[split], "task", "classify") == "lm":
+            raise LadleError(f"data: no output ensemble of language models on a corpus ({split}): their rows are "
+                             "token NLLs, not distributions")
         return metrics_from_logits(ensemble_logits([self.cache[(n, split)] for n in names], mode), self.labels(split))
 
 
-def check_num_classes(model: nn.Module, data: ImageSet | StreamSet, sample: torch.Tensor | None = None) -> None:
+def in_example_order(data, rows: torch.Tensor) -> torch.Tensor:
+    """Rows computed in the order a split's batches visit it (text: shortest first) put back in example order."""
+    order = getattr(data, "order", None)
+    if order is None:
+        return rows
+    out = torch.empty_like(rows)
+    out[torch.from_numpy(order)] = rows
+    return out
+
+
+def _real(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def check_num_classes(model: nn.Module, data: ImageSet | StreamSet | TextSet, sample: torch.Tensor | None = None) -> None:
     """Fail early, in one line, if the model's outputs do not match the data's classes (`sample`: one model input;
-    default: the first image of the data, unnormalised)."""
+    default: the first image of the data, unnormalised). A language model's corpus or choices have no classes."""
+    if isinstance(data, TextSet) and data.task != "classify":
+        return
     model.eval()
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        x = unit(next(iter(data.batches(1, workers=0)))) if sample is None else sample
-        out = model(x.to(next(model.parameters()).device))
-        out = out.logits if hasattr(out, "logits") else out
+        x = next(iter(data.batches(1, workers=0))) if sample is None else sample
+        x = {k: v.to(device) for k, v in x.items()} if isinstance(x, Mapping) else unit(x).to(device)
+        out = call_model(model, x)
+    if isinstance(data, TextSet):
+        return check_labels(data, out.shape[-1])
     if out.shape[-1] < data.num_classes or (out.shape[-1] != data.num_classes and int(data.y.max()) >= out.shape[-1]):
         raise LadleError(f"model has {out.shape[-1]} outputs but the data has {data.num_classes} classes (--num-classes)")

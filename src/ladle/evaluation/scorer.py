@@ -13,6 +13,7 @@ import torch
 from torch.func import functional_call
 
 from ladle.errors import LadleError
+from ladle.data.text import model_inputs
 from ladle.evaluation.evaluator import Evaluator, Metrics, channels_last
 from ladle.models.encoder import embed, head_keys
 from ladle.io.dtypes import to_torch
@@ -27,6 +28,8 @@ class Taster:
             raise LadleError(f"data: no '{split}' split to taste on (have: {', '.join(evaluator.splits)})")
         if metric not in ("accuracy", "nll"):
             raise LadleError(f"metric: must be accuracy or nll, got '{metric}'")
+        if getattr(evaluator.splits[split], "task", None) == "lm":
+            metric = "nll"  # a corpus has no accuracy: a language model's soup is kept while its loss is not worse
         self.evaluator = evaluator
         self.split = split
         self.metric = metric
@@ -101,6 +104,10 @@ class Taster:
         """Logits of the model with `state` in place of its tensors (gradients flow into `state`)."""
         self._needs_head()
         model = self.evaluator.model.eval()
+        if isinstance(x, dict):  # a text batch: the model's inputs by name, its outputs read as the split reads them
+            out = functional_call(model, state, (), model_inputs(x))
+            data = self.evaluator.splits[self.split]
+            return data.readout(out.logits if hasattr(out, "logits") else out, x)
         out = functional_call(model, state, (channels_last(x),))
         return out.logits if hasattr(out, "logits") else out
 
@@ -115,10 +122,11 @@ class Taster:
         order = torch.randperm(len(data.y), generator=generator)
         for start in range(0, len(data.y), batch_size):
             idx = order[start : start + batch_size]
-            yield self.evaluator.normalise(data.x[idx]), data.y[idx].to(self.device)
+            x = data.take(idx.numpy()) if hasattr(data, "take") else data.x[idx]  # text is tokenised per batch
+            yield self.evaluator.normalise(x), data.y[idx].to(self.device)
 
     def _value(self, m: Metrics) -> float:
-        return m.accuracy if self.metric == "accuracy" else -m.nll
+        return m.value if self.metric == "accuracy" else -m.nll
 
     def content_key(self, weights) -> str | None:
         """What the results store files logits under: the model and the (file sha256, weight) of every ingredient

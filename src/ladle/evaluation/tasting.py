@@ -58,18 +58,20 @@ def resolve(spec: TastingSpec, default_split: str, *, cache_data: bool = False, 
     preprocessed cache. The head's class count defaults to the first split's; recalibration data (when `recalibrate`,
     default: the spec's bn is recalibrate) to the first source's train split."""
     from ladle.data import StreamSet, open_data, parse_spec
+    from ladle.data.text import TextColumns
     from ladle.models import model_spec
 
     if not spec.model:
         raise LadleError("model: no model given (--model)")
     if not spec.data:
         raise LadleError("data: no data given to taste on (--data)")
-    model = model_spec(spec.model, spec.num_classes, spec.image_size)
+    model = model_spec(spec.model, spec.num_classes, spec.image_size, spec.max_length)
     cached = spec.cache_data if spec.cache_data is not None else cache_data
+    columns = TextColumns(spec.text_column, spec.text_pair_column, spec.label_column)
 
     def opened(text: str, split: str):
         data = open_data(text if parse_spec(text)[1] else f"{text}:{split}", preprocess=model.preprocess,
-                         seed=spec.seed, workers=spec.workers)
+                         seed=spec.seed, workers=spec.workers, columns=columns)
         return data.cached(progress=progress) if cached and isinstance(data, StreamSet) else data
 
     splits = {}

@@ -8,6 +8,7 @@ allowed and listed in the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ def plan_carry(sources: list, config_from=None) -> Carried:
     if source is None:
         return Carried()
     config = read_config(source)
+    compare_tokenizers([source, *directories])
     differences = compare_configs(source, config, directories, refuse=chosen is None)
     return Carried(source, carried_files(source), config, differences)
 
@@ -150,6 +152,47 @@ def compare_configs(reference_dir: Path, reference: dict | None, directories: li
             differences.append({"field": field, "file": str(path), "value": b, "carried": a,
                                 "shapes_weights": shapes_weights(field)})
     return differences
+
+
+def tokenizer_identity(folder) -> str | None:
+    """What two tokenizers must share to read the same token ids: the vocabulary and the special tokens (a hash);
+    None for a folder without a tokenizer."""
+    folder = Path(folder)
+    parts = []
+    for name in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                 "sentencepiece.bpe.model", "special_tokens_map.json"):
+        if (folder / name).is_file():
+            data = (folder / name).read_bytes()
+            if name == "tokenizer.json":  # the vocabulary, merges and added tokens; not truncation/padding settings
+                try:
+                    spec = json.loads(data)
+                    data = json.dumps({k: spec.get(k) for k in ("model", "added_tokens", "normalizer",
+                                                                 "pre_tokenizer")}, sort_keys=True).encode()
+                except ValueError:
+                    pass
+            parts.append(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            cfg = json.loads(config.read_text())
+            special = {k: v for k, v in cfg.items() if k.endswith("_token") or k == "added_tokens_decoder"}
+            parts.append(json.dumps(special, sort_keys=True, default=str).encode())
+        except ValueError:
+            pass
+    if not parts:
+        return None
+    return hashlib.sha256(b"\n".join(parts)).hexdigest()[:16]
+
+
+def compare_tokenizers(directories: list[Path]) -> None:
+    """Models that read different token ids cannot be souped or compared: every HF folder with a tokenizer must
+    have the first one's (vocabulary and special tokens), or one line names the file that differs."""
+    found = [(d, tokenizer_identity(d)) for d in directories]
+    found = [(d, ident) for d, ident in found if ident is not None]
+    for directory, identity in found[1:]:
+        if identity != found[0][1]:
+            raise LadleError(f"its tokenizer differs from the one in {found[0][0]} (vocabulary or special tokens): "
+                             "these models read different token ids", file=directory)
 
 
 def _short(value) -> str:

@@ -19,7 +19,9 @@ from torch import nn
 
 from ladle.data.preprocess import DEFAULT as DEFAULT_PREPROCESS
 from ladle.data.preprocess import Preprocess, hf_preprocess, timm_preprocess
+from ladle.data.text import Tokenization
 from ladle.errors import LadleError
+from ladle.models.text import build_text_model, is_text_folder, tokenization
 from ladle.registry import Registry
 
 BUILTIN_STOCK = "efficientnet-lite0"
@@ -35,11 +37,15 @@ class ModelSpec:
 
     @property
     def mean(self) -> tuple[float, float, float]:
-        return self.preprocess.mean
+        return getattr(self.preprocess, "mean", DEFAULT_PREPROCESS.mean)  # a text model's tokenizer has none
 
     @property
     def std(self) -> tuple[float, float, float]:
-        return self.preprocess.std
+        return getattr(self.preprocess, "std", DEFAULT_PREPROCESS.std)
+
+    @property
+    def is_text(self) -> bool:
+        return isinstance(self.preprocess, Tokenization)
 
     def build(self) -> nn.Module:
         return build_model(self.spec, self.num_classes)
@@ -85,10 +91,16 @@ class Logits(nn.Module):
         return self.model.load_state_dict(state, strict=strict, assign=assign)
 
 
-def model_spec(spec: str, num_classes: int | None = None, image_size: int | None = None) -> ModelSpec:
-    """A spec with the model's own preprocessing (timm's data config, an HF preprocessor_config.json, or the
-    default); `image_size` changes the resolution only."""
+def model_spec(spec: str, num_classes: int | None = None, image_size: int | None = None,
+               max_length: int | None = None) -> ModelSpec:
+    """A spec with the model's own preprocessing (timm's data config, an HF preprocessor_config.json, a text
+    model's tokenizer, or the default); `image_size` changes an image model's resolution only, `max_length` a text
+    model's truncation only."""
     own = model_kind(spec).preprocess(spec)
+    if isinstance(own, Tokenization):
+        if max_length is not None and max_length < 2:
+            raise LadleError(f"max-length: must be at least 2, got {max_length}")
+        return ModelSpec(spec, num_classes, own.at_length(max_length) if max_length else own)
     return ModelSpec(spec, num_classes, own.at_size(image_size) if image_size else own)
 
 
@@ -115,6 +127,10 @@ MODEL_KINDS.register("efficientnet-lite0", ModelKind(
 MODEL_KINDS.register("timm", ModelKind(
     "timm", lambda s: s.startswith("timm:"), lambda s, n: _timm(s[5:], n), _timm_preprocess,
     "timm:NAME (architecture only) or timm:NAME@FILE (weights from a local file)"))
+MODEL_KINDS.register("hf-text", ModelKind(
+    "hf-text", lambda s: s != BUILTIN_STOCK and is_text_folder(s), build_text_model, lambda s: tokenization(s),
+    "a Hugging Face text folder with a tokenizer: a sequence classifier (or an encoder given --num-classes) or a "
+    "causal language model"))
 MODEL_KINDS.register("hf-directory", ModelKind(
     "hf-directory", lambda s: s != BUILTIN_STOCK and Path(s).is_dir(), lambda s, n: _hf_directory(Path(s), n),
     _hf_preprocess, "a Hugging Face save_pretrained folder (AutoModelForImageClassification)"))

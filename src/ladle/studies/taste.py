@@ -32,7 +32,12 @@ class Row:
     bn: str = ""
 
     def accuracy(self, split: str) -> float:
-        return self.metrics[split].accuracy if split in self.metrics else math.nan
+        m = self.metrics.get(split)
+        return m.accuracy if m is not None and m.accuracy is not None else math.nan
+
+    def value(self, split: str) -> float:
+        """The split's headline figure, higher is better: accuracy, or minus the NLL of a language model's corpus."""
+        return self.metrics[split].value if split in self.metrics else math.nan
 
 
 @dataclass
@@ -45,35 +50,49 @@ class TasteReport:
     def ingredients(self) -> list[Row]:
         return [r for r in self.rows if r.kind == "ingredient"]
 
+    def headline(self, split: str) -> str:
+        """'accuracy', or 'nll' for a language model's corpus (no accuracy: lower NLL is better)."""
+        found = next((r.metrics[split] for r in self.rows if split in r.metrics), None)
+        return "nll" if found is not None and found.accuracy is None else "accuracy"
+
     def best_single(self, split: str) -> float:
-        return best_single(r.accuracy(split) for r in self.ingredients())
+        """The best ingredient's headline figure (its accuracy, or its NLL on a corpus)."""
+        best = best_single(r.value(split) for r in self.ingredients())
+        return -best if self.headline(split) == "nll" else best
 
     def gain(self, row: Row, split: str) -> float:
-        return soup_gain(row.accuracy(split), (r.accuracy(split) for r in self.ingredients()))
+        """Soup gain: accuracy − the best ingredient's; on a corpus, the best ingredient's NLL − the row's."""
+        return soup_gain(row.value(split), (r.value(split) for r in self.ingredients()))
 
     def to_dict(self) -> dict:
         return {"splits": self.splits, "best_single": {s: self.best_single(s) for s in self.splits},
+                "headline": {s: self.headline(s) for s in self.splits},
                 "rows": [{"name": r.name, "kind": r.kind, "bn": r.bn,
-                          "metrics": {s: r.metrics[s].as_dict() for s in self.splits},
+                          "metrics": {s: r.metrics[s].as_dict() for s in self.splits if s in r.metrics},
                           "soup_gain": {s: self.gain(r, s) for s in self.splits} if r.kind != "ingredient" else None}
                          for r in self.rows],
                 "shifts": [shift.to_dict() for shift in self.shifts]}
 
     def format(self, digits: int = 2) -> str:
-        head = f"{'model':<34}{'kind':<12}" + "".join(f"{s + ' acc':>14}{'gain':>8}" for s in self.splits)
+        nll = {s: self.headline(s) == "nll" for s in self.splits}  # a corpus: NLL per token (nats), gain in nats
+        width = {s: max(14, len(s) + 6) for s in self.splits}
+        head = f"{'model':<34}{'kind':<12}" + "".join(f"{s + (' nll' if nll[s] else ' acc'):>{width[s]}}{'gain':>8}"
+                                                       for s in self.splits)
         lines = [head, "-" * len(head)]
         for r in self.rows:
             cells = ""
             for s in self.splits:
-                acc = 100 * r.accuracy(s)
+                scale = 1 if nll[s] else 100
+                figure = scale * (-r.value(s) if nll[s] else r.value(s))
                 g = self.gain(r, s)
-                gain = "" if r.kind == "ingredient" or g != g else f"{100 * g:+.{digits}f}"  # none without ingredients
-                cells += f"{acc:>14.{digits}f}{gain:>8}"
+                gain = "" if r.kind == "ingredient" or g != g else f"{scale * g:+.{digits}f}"  # none without ingredients
+                cells += (f"{figure:>{width[s]}.{digits}f}" if figure == figure else f"{'-':>{width[s]}}") + f"{gain:>8}"
             label = r.name if len(r.name) <= 33 else "…" + r.name[-32:]
             lines.append(f"{label:<34}{(r.kind + (' ' + r.bn if r.bn else ''))[:11]:<12}{cells}")
         if self.ingredients():
             lines.append(f"{'best single ingredient':<34}{'':<12}" +
-                         "".join(f"{100 * self.best_single(s):>14.{digits}f}{'':>8}" for s in self.splits))
+                         "".join(f"{(1 if nll[s] else 100) * self.best_single(s):>{width[s]}.{digits}f}{'':>8}"
+                                 for s in self.splits))
         return "\n\n".join(["\n".join(lines)] + [shift.format() for shift in self.shifts])
 
 
@@ -97,9 +116,12 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
     Every evaluation is stored under the key `cook` uses (ladle.results.store.evaluation_key), so logits computed by
     one are reused by the other."""
     from ladle.io.hashing import file_hashes
+    from ladle.io.hf import compare_tokenizers, source_directory
     from ladle.results.store import evaluation_key
     from ladle.soup.cook import cook
 
+    # models that read different token ids are refused before anything is evaluated
+    compare_tokenizers([d for d in map(source_directory, [tasting.model.spec, *checkpoints]) if d is not None])
     policies = list(BN_POLICIES) if bn == "all" else ([bn] if isinstance(bn, str) else list(bn))
     if mce_baseline == "alexnet":  # fail before any work if the suites have no published AlexNet errors
         for suite in corruptions:
@@ -154,9 +176,10 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
         if not isinstance(soup, dict):
             _release(soup)
         del state
-    if len(ingredient_names) > 1:
+    if len(ingredient_names) > 1:  # a corpus has no output distribution per example to average: no ensemble there
         rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
-                        {s: base_ev.ensemble(ingredient_names, s) for s in every}))
+                        {s: base_ev.ensemble(ingredient_names, s) for s in every
+                         if getattr(every[s], "task", None) != "lm"}))
     return _report(data, rows, grids, corruptions, shifted, mce_baseline)
 
 
@@ -303,8 +326,10 @@ def taste_specs(checkpoints: list, *, tasting: TastingSpec | None = None, bn: st
     if tasting is None:
         tasting = TastingSpec.from_fields(fields | ({"bn": bn} if bn and bn != "all" else {}))
     bn = bn or tasting.bn
+    tasting = tasting.with_default_model(checkpoints)
     if not tasting.model:
-        raise LadleError("taste: --model is required")
+        raise LadleError("taste: --model is required (it defaults to the first checkpoint only when that is a "
+                         "Hugging Face folder)")
     if not tasting.data:
         raise LadleError("taste: --data is required")
     parsed = parse_severities(severities)
