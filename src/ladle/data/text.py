@@ -62,6 +62,7 @@ class Tokenization:
     task: str  # "classify" | "causal-lm"
     label2id: tuple[tuple[str, int], ...] | None = None  # real label names of the model's config
     origin: str = "tokenizer"
+    num_labels: int | None = None  # the head a classifier folder already has (None: an encoder, or an LM)
 
     def at_size(self, size) -> Tokenization:
         return self

@@ -78,7 +78,8 @@ def resolve(spec: TastingSpec, default_split: str, *, cache_data: bool = False, 
     for text in spec.data:
         source, split = parse_spec(text)
         splits[f"{source}:{split or default_split}"] = opened(text, default_split)
-    model.num_classes = spec.num_classes or next(iter(splits.values())).num_classes
+    own_head = getattr(model.preprocess, "num_labels", None)  # a text classifier folder's own head
+    model.num_classes = spec.num_classes or own_head or next(iter(splits.values())).num_classes
     bn_data = None
     if recalibrate if recalibrate is not None else spec.bn == "recalibrate":
         bn_data = opened(spec.bn_data or f"{parse_spec(spec.data[0])[0]}:train", "train")

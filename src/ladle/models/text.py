@@ -59,8 +59,15 @@ def tokenization(spec: str, max_length: int | None = None) -> Tokenization:
             raise LadleError(f"max-length: must be at least 2, got {max_length}")
         limit = max_length
     label2id = real_label2id(config)
+    architectures = config.get("architectures") or []
+    head = None
+    if any(a.endswith("ForSequenceClassification") for a in architectures):  # its head (2 is left unsaid)
+        from transformers import AutoConfig
+
+        head = AutoConfig.from_pretrained(path, local_files_only=True).num_labels
     return Tokenization(str(path), tokenizer_identity(path), limit, text_task(path),
-                        tuple(sorted(label2id.items(), key=lambda kv: kv[1])) if label2id else None, "tokenizer")
+                        tuple(sorted(label2id.items(), key=lambda kv: kv[1])) if label2id else None, "tokenizer",
+                        head)
 
 
 def build_text_model(spec: str, num_classes: int | None) -> nn.Module:

@@ -6,6 +6,8 @@ Suites (`--corruptions SUITE[:name,name]`):
   imagenet-c-extra  its 4 held-out validation corruptions (speckle noise, gaussian blur, spatter, saturate)
   imagenet-c-all    all 19
   laion-c           the six LAION-C-style distortions of laion_c.py × 5 intensities
+  text-typos        seeded typos and word noise of text_shifts.py × 5 severities, for text splits (a TextSet):
+                    the texts (a multiple-choice item's question) are corrupted, pairs, choices and labels kept
 
 Determinism: every image gets its own seed, derived from (seed, family, corruption, severity, index), so
 the same call gives the same bytes and an image never depends on the other images (a prefix of a set gets
@@ -17,6 +19,10 @@ Small images: the library needs at least 32 px. Smaller images are resized up to
 resized back to the size the model uses; the set's source records `library_size`.
 
 Results are uint8, like the published ImageNet-C images, so a cached set reloads bit for bit.
+
+Text: a corrupted text split is cached as one JSONL file (a header line with its key and the checksum of the
+rest, then one {"text", "label"} row per example), built in this process (pure Python, fast) whatever executor
+is given. An image suite on text, or text-typos on images, is refused in one line.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch.nn.functional as F
 from ladle.progress import progress_bar
 
 from ladle.shifts import laion_c
+from ladle.shifts.text_shifts import TEXT_TYPOS, corrupt_texts
 from ladle.data.sets import ImageSet, fingerprint, unit
 from ladle.errors import LadleError
 from ladle.registry import Registry
@@ -48,16 +55,41 @@ SUITES.register("imagenet-c", IMAGENET_C)
 SUITES.register("imagenet-c-extra", IMAGENET_C_EXTRA)
 SUITES.register("imagenet-c-all", IMAGENET_C + IMAGENET_C_EXTRA)
 SUITES.register("laion-c", laion_c.FAMILIES)
+SUITES.register("text-typos", TEXT_TYPOS)
+TEXT_SUITES = ("text-typos",)  # suites that corrupt texts, not images
 SEVERITIES = (1, 2, 3, 4, 5)
 LIBRARY_MIN_SIZE = 32
 CHUNK = 256  # images converted to floats at a time while corrupting
 CACHE_FORMAT = 1  # bump when the bytes a corruption produces change
+TEXT_CACHE_FORMAT = 1  # bump when the texts text_shifts produces, or the JSONL layout, change
 _TAKES_SEED = {"impulse_noise", "glass_blur"}  # these ignore numpy's global RNG and take a seed argument
 
 
 def family(suite: str) -> str:
-    """'imagenet-c' or 'laion-c': suites of one family share images (fog in imagenet-c is fog in imagenet-c-all)."""
+    """'imagenet-c', 'laion-c' or 'text-typos': suites of one family share sets (fog in imagenet-c is fog in
+    imagenet-c-all)."""
+    if suite in TEXT_SUITES:
+        return "text-typos"
     return "laion-c" if suite == "laion-c" else "imagenet-c"
+
+
+def is_text_suite(suite: str) -> bool:
+    """Whether the suite corrupts texts (a TextSet) rather than images."""
+    return family(suite) == "text-typos"
+
+
+def _is_text(data) -> bool:
+    from ladle.data.text import TextSet
+
+    return isinstance(data, TextSet)
+
+
+def check_suite_fits(data, suite: str) -> None:
+    """One line when the suite corrupts another kind of data than the split holds."""
+    if is_text_suite(suite) and not _is_text(data):
+        raise LadleError(f"corruptions: {suite} corrupts text, the data are images")
+    if not is_text_suite(suite) and _is_text(data):
+        raise LadleError(f"corruptions: {suite} corrupts images, the data are text")
 
 
 @dataclass(frozen=True)
@@ -147,6 +179,8 @@ def corrupt_images(x: torch.Tensor, suite: str, name: str, severity: int, seed: 
     """Corrupted copies of float images (N, 3, H, W) in [0, 1], as uint8 (N, 3, H, W) of the same size."""
     if name not in SUITES.get(suite, where="corruptions"):
         raise LadleError(f"corruptions: '{name}' is not in suite {suite}")
+    if is_text_suite(suite):
+        raise LadleError(f"corruptions: {suite} corrupts text, the data are images")
     if severity not in SEVERITIES:
         raise LadleError(f"severity: must be 1-5, got {severity}")
     if x.ndim != 4 or x.shape[1] != 3:
@@ -167,6 +201,8 @@ def library_version(suite: str) -> str:
 
     if family(suite) == "laion-c":
         return f"ladle.laion_c/{CACHE_FORMAT}"
+    if is_text_suite(suite):
+        return f"ladle.text_shifts/{TEXT_CACHE_FORMAT}"
     try:
         return f"imagecorruptions-imaug {version('imagecorruptions-imaug')}"
     except PackageNotFoundError:
@@ -195,8 +231,9 @@ class CorruptionCache:
     damaged: list[str] = field(default_factory=list)
 
     def path(self, key: dict) -> Path:
+        suffix = ".jsonl" if is_text_suite(key["family"]) else ".npz"
         return (Path(self.folder) / key["family"] / key["corruption"] /
-                f"{key['data']}-severity{key['severity']}-seed{key['seed']}.npz")
+                f"{key['data']}-severity{key['severity']}-seed{key['seed']}{suffix}")
 
     def load(self, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.folder is None:
@@ -236,6 +273,75 @@ class CorruptionCache:
             np.savez(f, x=x.numpy(), y=y.numpy(), key=np.array(json.dumps(key, sort_keys=True)),
                      checksum=np.array(_checksum(x, y)))
         return path
+
+
+    def load_texts(self, key: dict, labels: np.ndarray) -> list[str] | None:
+        """The corrupted texts of a text key's JSONL file, or None (a miss; a file that is not exactly this key's
+        intact set is noted in `damaged`)."""
+        if self.folder is None:
+            return None
+        path = self.path(key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        found = _read_texts(path, key, labels)
+        if found is None:
+            self.damaged.append(str(path))
+            self.misses += 1
+            return None
+        self.hits += 1
+        return found
+
+    def store_texts(self, key: dict, texts: list[str], labels: np.ndarray) -> Path | None:
+        """Write a corrupted text set atomically (temporary file, fsync, rename); None without a folder."""
+        if self.folder is None:
+            return None
+        from ladle.io.atomic import atomic_file
+
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as f:
+            f.write(_text_file_bytes(key, texts, labels))
+        return path
+
+
+TEXT_FILE_KIND = "ladle corrupted texts"
+
+
+def _text_body(texts: list[str], labels: np.ndarray) -> bytes:
+    """One JSON row per example (ASCII: any text round-trips), each line ended by a newline."""
+    return "".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in zip(texts, labels)).encode("ascii")
+
+
+def _text_file_bytes(key: dict, texts: list[str], labels: np.ndarray) -> bytes:
+    body = _text_body(texts, labels)
+    header = {"kind": TEXT_FILE_KIND, "key": key, "count": len(texts), "checksum": _text_checksum(body)}
+    return json.dumps(header, sort_keys=True).encode("ascii") + b"\n" + body
+
+
+def _text_checksum(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+def _read_texts(path: Path, key: dict, labels: np.ndarray) -> list[str] | None:
+    """The texts of a JSONL cache file, or None when it is not exactly this key's intact set (truncated, edited,
+    another key, labels that are not the clean ones)."""
+    try:
+        raw = path.read_bytes()
+        head, sep, body = raw.partition(b"\n")
+        header = json.loads(head)
+        if (not sep or header.get("kind") != TEXT_FILE_KIND or header.get("key") != key
+                or header.get("checksum") != _text_checksum(body) or header.get("count") != len(labels)):
+            return None
+        rows = [json.loads(line) for line in body.split(b"\n")[:-1]]
+        if body and not body.endswith(b"\n"):
+            return None
+        texts = [row["text"] for row in rows]
+        ok = (len(rows) == len(labels) and all(isinstance(t, str) for t in texts)
+              and [row["label"] for row in rows] == [int(y) for y in labels])
+    except Exception:  # noqa: BLE001  any unreadable file is damaged: I/O, JSON, UTF-8, missing fields
+        return None
+    return texts if ok else None
 
 
 def _checksum(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -331,6 +437,9 @@ def corrupted_set(data: ImageSet, suite: str, name: str, severity: int, *, seed:
                   cache: CorruptionCache | None = None, clean_fingerprint: str | None = None) -> ImageSet | StoredSet:
     """One corruption at one severity of a data set: built, or read from the cache when it is there."""
     cache = cache or CorruptionCache(None)
+    check_suite_fits(data, suite)
+    if is_text_suite(suite):
+        return _corrupted_text_sets(data, SuiteSpec(suite, (name,), (severity,)), seed, cache, False)[(name, severity)]
     key = _cell_key(data, suite, name, severity, seed, clean_fingerprint)
     found = cache.load(key)
     if found is not None:
@@ -362,6 +471,9 @@ def corrupted_sets(data: ImageSet, spec: SuiteSpec, *, seed: int = 0, cache: Cor
     here from a spec is closed here.
     """
     cache = cache or CorruptionCache(None)
+    check_suite_fits(data, spec.suite)
+    if is_text_suite(spec.suite):  # pure Python and fast: built here, whatever executor is given
+        return _corrupted_text_sets(data, spec, seed, cache, progress)
     clean = fingerprint(data)
     keys = {cell: _cell_key(data, spec.suite, *cell, seed, clean) for cell in spec.cells()}
     out = {}
@@ -391,6 +503,49 @@ def corrupted_sets(data: ImageSet, spec: SuiteSpec, *, seed: int = 0, cache: Cor
     finally:
         bar.close()
     return {cell: out[cell] for cell in keys}
+
+
+def _text_key(data, suite: str, name: str, severity: int, seed: int) -> dict:
+    """A text cell's cache key: the clean texts (their fingerprint: texts, pairs, choices, labels, columns; not the
+    tokenizer, which the corrupted texts do not depend on), the corruption, severity, seed and format."""
+    return {"format": TEXT_CACHE_FORMAT, "family": family(suite), "corruption": name, "severity": severity,
+            "seed": seed, "data": data.examples.fingerprint(), "count": len(data), "library": library_version(suite)}
+
+
+def _as_text_set(data, key: dict, texts: list[str], path: Path | None):
+    """The corrupted TextSet: the clean examples with other texts, read by the same tokenizer; its fingerprint is
+    the corrupted texts' own (TextSet computes it)."""
+    from ladle.data.text import TextSet
+
+    source = dict(data.source, corruption=key["corruption"], severity=key["severity"], suite=key["family"],
+                  corruption_seed=key["seed"], library=key["library"], clean_fingerprint=data.source.get("fingerprint"),
+                  clean_texts=key["data"], cache=str(path) if path else None)
+    return TextSet(data.examples.replace_texts(texts), data.tokenization, source, data.workers)
+
+
+def _corrupted_text_sets(data, spec: SuiteSpec, seed: int, cache: CorruptionCache, progress: bool) -> dict:
+    """Every cell of a text suite on a TextSet: read from its JSONL cache file, or corrupted here and written."""
+    for name in spec.names:
+        if name not in SUITES.get(spec.suite, where="corruptions"):
+            raise LadleError(f"corruptions: '{name}' is not in suite {spec.suite}")
+    keys = {cell: _text_key(data, spec.suite, *cell, seed) for cell in spec.cells()}
+    labels = data.examples.labels
+    out = {}
+    bar = progress_bar(total=len(keys), desc=f"corrupt ({spec.suite})", unit="set", enabled=progress)
+    try:
+        for (name, severity), key in keys.items():
+            texts = cache.load_texts(key, labels)
+            if texts is not None:
+                path = cache.path(key)
+            else:
+                texts = corrupt_texts(data.examples.texts, name, severity, seed)
+                path = cache.store_texts(key, texts, labels)
+            out[(name, severity)] = _as_text_set(data, key, texts, path)
+            bar.set_postfix_str(f"{name} {severity}")
+            bar.update()
+    finally:
+        bar.close()
+    return out
 
 
 def _build_with(executor, data: ImageSet, suite: str, keys: dict, cache: CorruptionCache, clean: str, done) -> None:

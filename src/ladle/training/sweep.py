@@ -10,8 +10,6 @@ A finished, undamaged ingredient whose record matches the run it would be is kep
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from ladle.errors import LadleError
 from ladle.training.config import Run, SweepConfig, load_config, sample_run, sweep_id
 from ladle.training.loop import accuracy, classifier_of, finetune, linear_probe, torch_threads
+from ladle.training.runs import default_executor, put_ingredient, read_record  # noqa: F401  (importable from here too)
 
 # What a record written before objectives, optimisers, schedules and BN policies were pluggable trained with.
 LEGACY_PARTS = {"objective": "cross_entropy", "optimiser": "adamw", "schedule": "one_cycle", "bn": "frozen"}
@@ -143,15 +142,6 @@ def _sweep(cfg: SweepConfig, spec, train, heldout, out: Path, *, executor, store
     return [records[run] for run in range(cfg.runs)]
 
 
-def default_executor(tasks: int, threads: int, device):
-    """One worker per `threads` cores (CPU), at most one per task; in-process for one task or a GPU."""
-    from ladle.execution import make_executor
-
-    if tasks <= 1 or str(device) != "cpu":
-        return make_executor("local:1")
-    return make_executor(f"local:{max(1, min(tasks, (os.cpu_count() or 1) // threads))}")
-
-
 def make_stock(cfg: SweepConfig, spec, train, heldout, out: Path, *, device="cpu", progress=False) -> Path:
     """The shared start of every run: a seeded fresh head, linear-probed; kept if one with this record exists."""
     from ladle.evaluation.evaluator import check_num_classes
@@ -252,17 +242,7 @@ def _fingerprints(record: dict) -> tuple:
 
 
 def _put(store, record: dict, sweep: str) -> None:
-    if store is None:
-        return
-    if record["heldout_accuracy"] is None:
-        raise LadleError("an ingredient trained on unlabelled data has no held-out accuracy for the store; run it "
-                         "without --db")
-    parts = {k: record.get(k, v) for k, v in LEGACY_PARTS.items()}
-    store.put_ingredient(record["sha256"], path=str(Path(record["path"]).resolve()), sweep=sweep, run=record["run"],
-                         stock_sha256=record["stock_sha256"], model=record["model"], objective=parts.pop("objective"),
-                         hyperparameters={**parts, **record["hyperparameters"]},
-                         heldout_accuracy=record["heldout_accuracy"], final_train_loss=record["final_train_loss"],
-                         data=record["data"])
+    put_ingredient(store, record, sweep, {k: record.get(k, v) for k, v in LEGACY_PARTS.items()})
 
 
 def _remember(key: tuple, data) -> None:
@@ -298,15 +278,3 @@ def save_checkpoint(path: Path, model, manifest: dict, encoder_only: bool = Fals
 
     tensors = encoder_state(model) if encoder_only else model.state_dict()
     return _write(Path(path), {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, manifest)
-
-
-def read_record(path: Path) -> dict | None:
-    """The record of a finished run, or None if the file is missing or damaged (then it is made again)."""
-    if not path.is_file():
-        return None
-    from ladle.io.manifest import read_manifest
-
-    try:
-        return read_manifest(path)
-    except (LadleError, json.JSONDecodeError, OSError):
-        return None
