@@ -280,3 +280,38 @@ def test_text_tasting_options_are_flags_recorded_in_the_reproduce_command(kitche
     assert spec.argv()[-6:] == ["--max-length", "8", "--text-column", "review", "--label-column", "stars"]
     with pytest.raises(LadleError, match="max-length: must be at least 2"):
         TastingSpec(max_length=1)
+
+
+def test_learned_soup_of_language_models_minimises_the_corpus_token_nll(kitchen, tmp_path):
+    """One batch holding the whole corpus: the first epoch's loss is the uniform soup's corpus NLL (its weights
+    start equal), exactly what `taste` reports for that soup."""
+    scorer = make_scorer(str(kitchen["lm"][0]), [f"{kitchen['corpus']}:all"], workers=0, split="all")
+    soup = ladle.cook("learned", [str(f) for f in kitchen["lm"]], out=tmp_path / "learned", scorer=scorer,
+                      epochs=2, batch_size=64)
+    losses = soup.manifest["trace"]["learned"]["loss_per_epoch"]
+    report = taste_specs(kitchen["lm"], data=[f"{kitchen['corpus']}:all"], workers=0)
+    uniform = next(r for r in report.rows if r.name == "uniform soup").metrics[f"{kitchen['corpus']}:all"]
+    assert losses[0] == pytest.approx(uniform.nll, rel=1e-4) and losses[1] < losses[0]
+
+
+def test_prediction_measures_and_grids_of_text_classifiers(kitchen, tmp_path, cli):
+    """check --predict compares the classifiers' outputs on texts (disagreement by hand); a grid soups every pair
+    and scores each soup as taste scores it."""
+    from ladle.analysis.predict import pair_measures
+    from ladle.results.store import ResultStore
+
+    ft0, ft1 = kitchen["ft"][:2]
+    measures = pair_measures(ft0, ft1, data=f"{kitchen['csv']}:all", workers=0)
+    texts = [t for t, _ in reviews(60)]
+    a, b = hf_logits(ft0, texts), hf_logits(ft1, texts)
+    assert measures["disagreement"] == pytest.approx((a.argmax(1) != b.argmax(1)).double().mean().item(), abs=1e-12)
+    r = cli("grid", ft0, ft1, "--data", f"{kitchen['csv']}:all", "--db", tmp_path / "g.sqlite", "--workers", "0",
+            "--alpha", "0.5")
+    assert r.code == 0, r.err
+    with ResultStore(tmp_path / "g.sqlite") as store:
+        (grid,) = store.grids()
+        (row,) = store.grid_soups(grid["grid"])
+    report = taste_specs([ft0, ft1], data=[f"{kitchen['csv']}:all"], workers=0)
+    uniform = next(r for r in report.rows if r.name == "uniform soup").metrics[f"{kitchen['csv']}:all"]
+    assert row["accuracy"] == pytest.approx(100 * uniform.accuracy, abs=1e-9)
+    assert row["loss"] == pytest.approx(uniform.nll, rel=1e-5)

@@ -35,6 +35,7 @@ def pair_measures(a, b, *, base=None, tasting=None, examples: int = 300, **field
         data = fields.get("data")
         tasting = TastingSpec.from_fields(fields | ({"data": [data]} if isinstance(data, str) else {}))
     if tasting is not None:
+        tasting = tasting.with_default_model(paths)
         if not tasting.model or len(tasting.data) != 1:
             raise LadleError("check --predict: the prediction measures need both --model and --data (one split)")
         evaluator, split = _evaluator(tasting)
@@ -86,13 +87,19 @@ def weight_grams(paths: list[str], exclude: set[str], *, base=None, chunk: int =
 
 
 def model_outputs(ev, split: str, paths, examples: int):
-    """Each model's logits and penultimate features (the input of its classifier) on the first `examples` images
-    of a split: what the prediction similarities compare."""
+    """Each model's logits and penultimate features (the input of its classifier) on the first `examples` examples
+    of a split (images, or texts read in their length-sorted batches and put back in order): what the prediction
+    similarities compare."""
     import torch
 
+    from ladle.evaluation.evaluator import in_example_order
     from ladle.io.checkpoints import open_ingredient
     from ladle.models.encoder import classifier_of
 
+    data = ev.splits[split]
+    if getattr(data, "task", "classify") == "lm":
+        raise LadleError(f"check --predict: compares classifiers' predictions; {split} is a language model's corpus")
+    part = data if len(data) <= examples else data.subset(range(examples), f"first {examples}")
     head = classifier_of(ev.model)
     captured = []
     hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach().float().cpu()))
@@ -103,11 +110,9 @@ def model_outputs(ev, split: str, paths, examples: int):
             ev.prepare({k: ing.get(k) for k in ing.keys()}, source=path)
             captured.clear()
             with torch.inference_mode():
-                x = ev.splits[split].x[:examples]
-                out = [ev.model(ev.normalise(x[i : i + ev.batch_size]).to(ev.device)).float().cpu()
-                       for i in range(0, len(x), ev.batch_size)]
-            logits.append(torch.cat(out))
-            features.append(torch.cat(captured).flatten(1))
+                out = [ev.forward(x, part) for x in ev.batches(part)]
+            logits.append(in_example_order(part, torch.cat(out)))
+            features.append(in_example_order(part, torch.cat([f.flatten(1) for f in captured])))
     finally:
         hook.remove()
     return logits, features

@@ -44,7 +44,7 @@ def run(args) -> int:
 
     from ladle.spec import TastingSpec
 
-    tasting = TastingSpec.from_fields(given(args, _tasting()))
+    tasting = TastingSpec.from_fields(given(args, _tasting())).with_default_model(args.checkpoints)
     if not tasting.model or len(tasting.data) != 1:
         raise LadleError("grid: needs --model and exactly one --data (the soups are scored on one split)")
     batch_size = tasting.eval_batch_size or GRID_BATCH
@@ -57,7 +57,9 @@ def run(args) -> int:
                             severities=args.severities, corruption_seed=args.corruption_seed,
                             corruption_cache=args.corruption_cache, bn=args.bn, bn_data=tasting.bn_data,
                             device=tasting.device, batch_size=batch_size, soups_per_pass=args.soups_per_pass,
-                            threads=args.threads, precision=tasting.precision, workers=tasting.workers)
+                            threads=args.threads, precision=tasting.precision, workers=tasting.workers,
+                            max_length=tasting.max_length, text_column=tasting.text_column,
+                            text_pair_column=tasting.text_pair_column, label_column=tasting.label_column)
     result = run_grid(args.checkpoints, settings, alphas=parse_alphas(args.alphas, args.alpha), db=args.db,
                       executor=args.executor, base=args.base, collapse=args.collapse,
                       similarity_examples=args.similarity_examples, soups_per_task=args.soups_per_task, progress=show_progress(args))

@@ -111,6 +111,13 @@ class Taster:
         out = functional_call(model, state, (channels_last(x),))
         return out.logits if hasattr(out, "logits") else out
 
+    def loss(self, out: torch.Tensor, y: torch.Tensor, temperature=1.0) -> torch.Tensor:
+        """What a learned soup minimises on a batch of `forward` outputs: the cross-entropy of the tempered logits
+        (classes, or a question's choices), or a corpus' token NLL (rows of [summed NLL, tokens]: no temperature)."""
+        if getattr(self.evaluator.splits[self.split], "task", None) == "lm":
+            return out[:, 0].sum() / out[:, 1].sum().clamp_min(1)
+        return torch.nn.functional.cross_entropy(temperature * out, y)
+
     def embed(self, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Embeddings (the classifier's input) of the model with `state` in place of its tensors (with gradients)."""
         model = self.evaluator.model.eval()

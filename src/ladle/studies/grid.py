@@ -46,6 +46,10 @@ class GridSettings:
     threads: int = 1  # torch threads per task: part of the settings, so every executor gives the same bytes
     precision: str = "fp32"
     workers: int | None = None  # processes decoding photos the first time (later passes read the preprocessed cache)
+    max_length: int | None = None  # text: the tasting spec's truncation and columns
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
 
     def scored(self) -> dict:
         """The fields the figures depend on (not device, batch sizes, threads or workers)."""
@@ -57,7 +61,9 @@ class GridSettings:
         photos always come from the preprocessed cache, since every soup reads them again."""
         return TastingSpec(model=self.model, data=[self.data], num_classes=self.num_classes, image_size=self.image_size,
                            bn=self.bn, bn_data=self.bn_data, device=self.device, precision=self.precision,
-                           eval_batch_size=self.batch_size, workers=self.workers, cache_data=True, seed=self.seed)
+                           eval_batch_size=self.batch_size, workers=self.workers, cache_data=True, seed=self.seed,
+                           max_length=self.max_length, text_column=self.text_column,
+                           text_pair_column=self.text_pair_column, label_column=self.label_column)
 
 
 @dataclass
@@ -89,6 +95,9 @@ def build_context(settings: GridSettings, *, executor=None, progress: bool = Fal
     tasting = resolve(settings.tasting(), "test", cache_data=True, progress=progress)
     splits = tasting.splits
     (clean, data), = splits.items()
+    if getattr(data, "task", "classify") == "lm":
+        raise LadleError(f"grid: scores soups by accuracy and NLL per example; {clean} is a language model's corpus "
+                         "(taste or cook greedy score it by its token NLL)")
     severities = parse_severities(settings.severities)
     suites = [parse_suite(text, severities) for text in settings.corruptions]
     cache = CorruptionCache(Path(settings.corruption_cache) if settings.corruption_cache else default_cache_dir())
@@ -134,7 +143,8 @@ def split_scores(context: Context, states: list[dict]) -> list[dict[str, tuple[f
     ev = context.evaluator
     splits = [context.clean, *context.corrupted]
     out = []
-    step = 1 if ev.bn == "recalibrate" else max(1, context.settings.soups_per_pass)
+    text = hasattr(ev.splits[context.clean], "tokenization")  # HF text models: one state at a time, not vmapped
+    step = 1 if ev.bn == "recalibrate" or text else max(1, context.settings.soups_per_pass)
     for start in range(0, len(states), step):
         group = states[start : start + step]
         if len(group) == 1:

@@ -16,7 +16,6 @@ def learned(n: int, scorer: Scorer,
             seed: Annotated[int, "seed of the batch order"] = 0) -> KeyedPlan:
     """Learned soup: mixing weights (softmax, per model or per tensor) and a logit temperature, fit on held-out data."""
     import torch
-    import torch.nn.functional as F
     from ladle.progress import progress_bar
 
     from ladle.soup.frozen_mix import frozen_ingredients, frozen_weighted_sum
@@ -36,11 +35,11 @@ def learned(n: int, scorer: Scorer,
             w = alpha.softmax(-1).to(scorer.device)
             params = {k: frozen_weighted_sum([s[k] for s in states], w[j if per == "layer" else 0])
                       for j, k in enumerate(param_keys)}
-            loss = F.cross_entropy(beta * scorer.forward({**params, **buffers}, x), y)
+            loss = scorer.loss(scorer.forward({**params, **buffers}, x), y, beta)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total, count = total + loss.item() * len(y), count + len(y)
+            total, count = total + loss.item() * len(y), count + len(y)  # (a corpus: per text, not per token)
         losses.append(total / count)
     weights = alpha.detach().double().softmax(-1)
     per_model = weights.mean(0).tolist()
