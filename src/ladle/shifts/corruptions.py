@@ -218,10 +218,11 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class CorruptionCache:
-    """Corrupted sets on disk as .npz (x uint8 N×3×H×W, y, key, checksum), written atomically.
+    """Corrupted sets on disk as .npz (x uint8 N×3×H×W, y, key, checksum), written atomically; corrupted text
+    sets as .jsonl (a header line {kind, key, count, checksum of the rest}, then {"text", "label"} per example).
 
     A file is used only if its key matches exactly and its checksum holds; anything else (truncated,
-    edited, another library version) counts as damaged and is rebuilt in place. The files are ordinary
+    edited, another library version) counts as damaged and is rebuilt in place. The image files are ordinary
     `.npz` data sets: `--data FILE.npz:all` reads one back.
     """
 
