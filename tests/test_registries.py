@@ -146,7 +146,16 @@ def images() -> torch.Tensor:
 
 @pytest.mark.parametrize("suite, name", CELLS, ids=[f"{s}:{n}" for s, n in CELLS])
 def test_corruption_keeps_shape_and_dtype_and_is_seeded(suite, name, images):
+    """Every corruption of every suite: images keep their shape and dtype, texts stay texts; seeded either way."""
+    from ladle.shifts.corruptions import is_text_suite
+    from ladle.shifts.text_shifts import corrupt_texts
+
     assert parse_suite(f"{suite}:{name}").names == (name,)
+    if is_text_suite(suite):
+        texts = ["The quick brown fox jumps", "over the lazy dog"]
+        out = corrupt_texts(texts, name, 3, seed=7)
+        assert len(out) == 2 and all(isinstance(t, str) for t in out) and corrupt_texts(texts, name, 3, seed=7) == out
+        return
     x = images.float() / 255
     out = corrupt_images(x, suite, name, severity=3, seed=7)
     assert out.shape == images.shape and out.dtype == torch.uint8

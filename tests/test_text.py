@@ -284,14 +284,26 @@ def test_text_tasting_options_are_flags_recorded_in_the_reproduce_command(kitche
 
 def test_learned_soup_of_language_models_minimises_the_corpus_token_nll(kitchen, tmp_path):
     """One batch holding the whole corpus: the first epoch's loss is the uniform soup's corpus NLL (its weights
-    start equal), exactly what `taste` reports for that soup."""
-    scorer = make_scorer(str(kitchen["lm"][0]), [f"{kitchen['corpus']}:all"], workers=0, split="all")
-    soup = ladle.cook("learned", [str(f) for f in kitchen["lm"]], out=tmp_path / "learned", scorer=scorer,
-                      epochs=2, batch_size=64)
+    start equal), exactly what `taste` reports for that soup; beside a damaged copy of itself, the language model
+    gets the larger weight."""
+    from transformers import AutoModelForCausalLM
+
+    damaged = AutoModelForCausalLM.from_pretrained(kitchen["lm"][0])
+    with torch.no_grad():
+        torch.manual_seed(0)
+        for p in damaged.parameters():
+            p.add_(torch.randn_like(p))
+    damaged.save_pretrained(tmp_path / "damaged")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        (tmp_path / "damaged" / name).write_bytes((kitchen["lm"][0] / name).read_bytes())
+    folders = [str(kitchen["lm"][0]), str(tmp_path / "damaged")]
+    scorer = make_scorer(folders[0], [f"{kitchen['corpus']}:all"], workers=0, split="all")
+    soup = ladle.cook("learned", folders, out=tmp_path / "learned", scorer=scorer, epochs=3, batch_size=64)
     losses = soup.manifest["trace"]["learned"]["loss_per_epoch"]
-    report = taste_specs(kitchen["lm"], data=[f"{kitchen['corpus']}:all"], workers=0)
+    report = taste_specs(folders, data=[f"{kitchen['corpus']}:all"], workers=0)
     uniform = next(r for r in report.rows if r.name == "uniform soup").metrics[f"{kitchen['corpus']}:all"]
-    assert losses[0] == pytest.approx(uniform.nll, rel=1e-4) and losses[1] < losses[0]
+    assert losses[0] == pytest.approx(uniform.nll, rel=1e-4) and losses[-1] < losses[0]
+    assert soup.manifest["weights"][0] > 0.5
 
 
 def test_prediction_measures_and_grids_of_text_classifiers(kitchen, tmp_path, cli):

@@ -24,7 +24,8 @@ def write_tokenizer(folder: Path, vocab: list[str] = VOCAB) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64)
+    # (transformers 5 ignores vocab_file= here: the vocabulary goes in as a mapping)
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -37,6 +38,7 @@ def write_bert(folder: Path, num_labels: int = 2, seed: int = 0, vocab: list[str
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=64, num_labels=num_labels,
+                        initializer_range=0.5,  # outputs that depend on the words, not only on the length
                         **({"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}))
     model = BertForSequenceClassification(config)
     model.save_pretrained(folder)
@@ -51,7 +53,8 @@ def write_llama(folder: Path, seed: int = 0, vocab: list[str] = VOCAB) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
+                         initializer_range=0.5)
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
     write_tokenizer(folder, vocab)

@@ -46,6 +46,8 @@ class TastingSpec:
     text_pair_column: Annotated[str, "text: the column of a second text read with the first (a pair)"] = None
     label_column: Annotated[str, "text: the column of the labels (default: label); names are mapped through the "
                                  "model's label2id, else numbered in sorted order"] = None
+    metric: Annotated[str, "score with your own function, package.module:function(model, batch) -> a score per "
+                           "example (or one for the batch); higher is better, the split's score is the mean"] = None
 
     def __post_init__(self):
         object.__setattr__(self, "data", tuple(self.data or ()))
@@ -84,6 +86,8 @@ class TastingSpec:
         through and the precision it ran at (the data's fingerprint and the BN policy are the other columns)."""
         what = {"model": self.model, "classes": num_classes, "precision": self.precision,
                 "preprocess": {k: v for k, v in preprocess.items() if k != "origin"}}
+        if self.metric:  # rows of another function's scores, never another metric's logits
+            what["metric"] = self.metric
         return f"{self.model}|classes={num_classes}|" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -9,7 +9,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("corrupt", help="build (or reuse) corrupted copies of a data set: ImageNet-C, LAION-C-style")
     p.add_argument("--data", required=True, metavar="SPEC[:split]", help="the clean data (default split test)")
     p.add_argument("--suite", required=True, metavar="SUITE[:NAME,…]",
-                   help="imagenet-c, imagenet-c-extra, imagenet-c-all or laion-c; optionally only some corruptions")
+                   help="imagenet-c, imagenet-c-extra, imagenet-c-all, laion-c or text-typos; optionally only some "
+                        "corruptions")
+    p.add_argument("--model", metavar="DIR", help="text-typos: the HF text folder whose tokenizer reads the texts")
     p.add_argument("--image-size", dest="image_size", type=int, default=64, help="resolution of the clean images (default 64)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the corrupted sets are written (a cache: reused next time)")
     p.add_argument("--json", action="store_true", help="print the list of sets as JSON")
@@ -24,18 +26,19 @@ def run(args) -> int:
 
     built = build_suite(args.data, args.suite, args.out, severities=args.severities, image_size=args.image_size,
                         seed=args.corruption_seed, executor=args.executor, db=args.db or Path(args.out) / "results.sqlite",
-                        progress=show_progress(args))
+                        progress=show_progress(args), model=args.model)
     listing = built.listing()
     if args.json:
         print_json({"suite": built.suite, "data": built.data, "seed": built.seed, "built": built.built,
                     "reused": built.reused, "damaged_rebuilt": built.damaged, "sets": listing})
         return 0
     for row in listing:
-        print(f"{row['corruption']:<20} {row['severity']}  {row['images']:>6} images  {row['path']}")
+        print(f"{row['corruption']:<20} {row['severity']}  {row['images']:>6} examples  {row['path']}")
     images = len(next(iter(built.sets.values()))) if built.sets else 0
-    print(f"{len(listing)} corrupted sets of {images} images in {args.out}: {built.built} built, {built.reused} reused"
+    print(f"{len(listing)} corrupted sets of {images} examples in {args.out}: {built.built} built, {built.reused} reused"
           + (f", {len(built.damaged)} damaged and rebuilt" if built.damaged else "") + f" ({built.seconds:.1f} s)")
     for text in built.notes:
         print(f"note: {text}")
-    print(f"read one back with --data FILE.npz:all; ladle taste --corruptions {args.suite} --corruption-cache {args.out} reuses them")
+    print(f"ladle taste --corruptions {args.suite} --corruption-cache {args.out} reuses them"
+          + ("" if args.model else "; read one back with --data FILE.npz:all"))
     return 0

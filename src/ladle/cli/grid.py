@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                    help="BatchNorm statistics of soups: averaged like every other tensor (default, as the paper) or "
                         "recomputed on --bn-data")
     p.add_argument("--corruptions", action="append", metavar="SUITE[:NAME,…]",
-                   help="also score every model and soup on a corruption suite (its mean): imagenet-c, laion-c, … (repeatable)")
+                   help="also score every model and soup on a corruption suite (its mean): imagenet-c, laion-c, text-typos, … (repeatable)")
     corruption_options(p)
     p.set_defaults(severities="3")
     p.add_argument("--base", metavar="CKPT", help="the stock the models were trained from: adds the cosine of task vectors")

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     corruption_options(p)
     p.add_argument("--corruptions", action="append", metavar="SUITE[:NAME,…]",
                    help="also taste on corrupted copies of every split: imagenet-c, imagenet-c-extra, imagenet-c-all, "
-                        "laion-c; optionally only some corruptions (repeatable)")
+                        "laion-c (images) or text-typos (text); optionally only some corruptions (repeatable)")
     p.add_argument("--mce-baseline", dest="mce_baseline", default="best", metavar="best|alexnet|CKPT",
                    help="mCE relative to the best ingredient (default), AlexNet's published ImageNet-C errors, or a checkpoint")
     p.add_argument("--report", metavar="DIR", help="write taste.json, taste.md and, with --corruptions, CSVs and plots here")

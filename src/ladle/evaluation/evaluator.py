@@ -31,17 +31,20 @@ class Metrics:
     perplexity (its accuracy and ECE are None: there is no class to get right)."""
 
     accuracy: float | None
-    nll: float
+    nll: float | None
     ece: float | None
     n: int
     perplexity: float | None = None
+    score: float | None = None  # a user's --metric: the mean of its scores
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @property
     def value(self) -> float:
-        """Higher is better: accuracy, or minus the NLL where there is no accuracy (a corpus)."""
+        """Higher is better: a user's score, accuracy, or minus the NLL where there is no accuracy (a corpus)."""
+        if self.score is not None:
+            return self.score
         return self.accuracy if self.accuracy is not None else -self.nll
 
 
@@ -70,8 +73,35 @@ def lm_metrics(rows: torch.Tensor) -> Metrics:
     return Metrics(None, nll, None, int(tokens), math.exp(nll) if nll == nll else math.nan)
 
 
-def metrics_of(data, rows: torch.Tensor, labels: torch.Tensor | None = None) -> Metrics:
-    """The metrics of a split's rows, by what the split holds (labels: default the split's own)."""
+def user_metric(spec: str):
+    """`package.module:function` taking (model, batch) and giving a score per example or one for the batch."""
+    import importlib
+
+    module_name, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), name) if name else None
+    except (ImportError, AttributeError) as e:
+        raise LadleError(f"metric: cannot import '{spec}': {e}") from None
+    if not callable(fn):
+        raise LadleError(f"metric: '{spec}' is not a function (package.module:function)")
+    return fn
+
+
+def metric_rows(fn, model: nn.Module, x, n: int) -> torch.Tensor:
+    """A user metric's scores of a batch of `n` examples, one row each (a single batch score is given to each)."""
+    out = torch.as_tensor(fn(model, x), dtype=torch.float64).detach().flatten()
+    if out.numel() == 1:
+        out = out.expand(n)
+    if out.numel() != n:
+        raise LadleError(f"metric: gave {out.numel()} scores for a batch of {n} examples (one per example, or one)")
+    return out[:, None].float()
+
+
+def metrics_of(data, rows: torch.Tensor, labels: torch.Tensor | None = None, custom: bool = False) -> Metrics:
+    """The metrics of a split's rows, by what the split holds (labels: default the split's own); `custom`: rows of
+    a user metric's scores."""
+    if custom:
+        return Metrics(None, None, None, len(rows), score=rows.double().mean().item() if len(rows) else math.nan)
     if getattr(data, "task", "classify") == "lm":
         return lm_metrics(rows)
     return metrics_from_logits(rows, data.y if labels is None else labels)
@@ -166,7 +196,7 @@ class Evaluator:
     def __init__(self, model: nn.Module, splits: Mapping[str, ImageSet | StreamSet], *, mean=(0.5, 0.5, 0.5),
                  std=(0.5, 0.5, 0.5), device: str | torch.device = "cpu", batch_size: int | None = None,
                  bn: str = "average", bn_data: ImageSet | StreamSet | None = None, progress: bool = False, store=None,
-                 model_id: str | None = None, precision: str = "fp32", workers: int | None = None):
+                 model_id: str | None = None, precision: str = "fp32", workers: int | None = None, metric=None):
         if bn not in BN_POLICIES:
             raise LadleError(f"bn: must be one of {', '.join(BN_POLICIES)}, got '{bn}'")
         if bn == "recalibrate" and bn_data is None:
@@ -195,6 +225,7 @@ class Evaluator:
         self.store = store  # a ResultStore: logits found there are not recomputed, new ones are added
         self.model_id = model_id  # the model spec, part of the store key of what a Taster scores
         self.record: dict = {}  # what every stored row says it was computed with (the transform, the precision)
+        self.metric = metric  # a user's (model, batch) -> scores function: rows are its scores, not logits
 
     @property
     def bn_key(self) -> str:
@@ -220,17 +251,17 @@ class Evaluator:
     def forward(self, x, data=None) -> torch.Tensor:
         """Rows (float32, on the CPU) of a batch of model inputs, under autocast for bf16 / fp16: logits, or what a
         text split reads out of them (a corpus text's token NLL, a question's choice log-likelihoods)."""
-        if self.precision == "fp32":
+        n = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
+        with torch.autocast(self.device.type, dtype=AUTOCAST[self.precision], enabled=self.precision != "fp32"):
+            if self.metric is not None:
+                return metric_rows(self.metric, self.model, x, n).cpu()
             out = call_model(self.model, x)
-        else:
-            with torch.autocast(self.device.type, dtype=AUTOCAST[self.precision]):
-                out = call_model(self.model, x)
         if isinstance(data, TextSet):
             out = data.readout(out, x)
         return out.float().cpu()
 
     def metrics(self, split: str, rows: torch.Tensor) -> Metrics:
-        return metrics_of(self.splits[split], rows)
+        return metrics_of(self.splits[split], rows, custom=self.metric is not None)
 
     def visited_labels(self, split: str) -> torch.Tensor:
         """The labels in the order the split's batches visit its examples (text: shortest first)."""
@@ -361,8 +392,9 @@ class Evaluator:
     def _put(self, key: str, name: str, split: str, kind: str) -> None:
         m = self.metrics(split, self.cache[(name, split)])
         self.store.put_evaluation(key, self._fingerprint(split), self.bn_key, model_name=str(name), kind=kind,
-                                  data_name=split, accuracy=_real(m.accuracy), nll=m.nll, ece=_real(m.ece), n=m.n,
-                                  logits=self.cache[(name, split)], extra=self.record or None)
+                                  data_name=split, accuracy=_real(m.accuracy), nll=_real(m.nll), ece=_real(m.ece),
+                                  n=m.n, logits=self.cache[(name, split)],
+                                  extra=(self.record | ({"score": m.score} if m.score is not None else {})) or None)
 
     def _fingerprint(self, split: str) -> str:
         data = self.splits[split]
@@ -374,6 +406,8 @@ class Evaluator:
         return self.metrics(split, self.logits_many(name, state, [split], first, key=key, kind=kind)[split])
 
     def ensemble(self, names: list[str], split: str, mode: str = "probs") -> Metrics:
+        if self.metric is not None:
+            raise LadleError("metric: a user metric scores models, not an output ensemble")
         if getattr(self.splits[split], "task", "classify") == "lm":
             raise LadleError(f"data: no output ensemble of language models on a corpus ({split}): their rows are "
                              "token NLLs, not distributions")

@@ -26,10 +26,12 @@ class Taster:
     def __init__(self, evaluator: Evaluator, split: str = "heldout", metric: str = "accuracy"):
         if split not in evaluator.splits:
             raise LadleError(f"data: no '{split}' split to taste on (have: {', '.join(evaluator.splits)})")
-        if metric not in ("accuracy", "nll"):
+        if metric not in ("accuracy", "nll", "score"):
             raise LadleError(f"metric: must be accuracy or nll, got '{metric}'")
         if getattr(evaluator.splits[split], "task", None) == "lm":
             metric = "nll"  # a corpus has no accuracy: a language model's soup is kept while its loss is not worse
+        if evaluator.metric is not None:
+            metric = "score"  # a user's --metric, higher is better
         self.evaluator = evaluator
         self.split = split
         self.metric = metric
@@ -133,7 +135,7 @@ class Taster:
             yield self.evaluator.normalise(x), data.y[idx].to(self.device)
 
     def _value(self, m: Metrics) -> float:
-        return m.value if self.metric == "accuracy" else -m.nll
+        return -m.nll if self.metric == "nll" else m.value
 
     def content_key(self, weights) -> str | None:
         """What the results store files logits under: the model and the (file sha256, weight) of every ingredient

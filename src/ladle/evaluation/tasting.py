@@ -39,14 +39,15 @@ class Tasting:
                   net=None):
         """An Evaluator of this tasting, around `net` (default: the model built now), its class count checked
         against the first split; evaluators of several BatchNorm policies can share one model object."""
-        from ladle.evaluation.evaluator import Evaluator, check_num_classes
+        from ladle.evaluation.evaluator import Evaluator, check_num_classes, user_metric
 
         net = net if net is not None else self.model.build()
         check_num_classes(net, next(iter(self.splits.values())))
         evaluator = Evaluator(net, splits if splits is not None else self.splits, mean=self.model.mean,
                               std=self.model.std, device=self.device, batch_size=self.spec.eval_batch_size,
                               bn=bn or self.spec.bn, bn_data=self.bn_data, progress=progress, store=store,
-                              model_id=self.model_id, precision=self.spec.precision, workers=self.spec.workers)
+                              model_id=self.model_id, precision=self.spec.precision, workers=self.spec.workers,
+                              metric=user_metric(self.spec.metric) if self.spec.metric else None)
         evaluator.record = {"transform": self.model.preprocess.describe(), "precision": self.spec.precision}
         return evaluator
 

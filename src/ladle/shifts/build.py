@@ -26,18 +26,30 @@ class BuiltSuite:
 
 
 def build_suite(data: str, suite: str, out: str | Path, *, severities: str = "1-5", image_size: int = 64, seed: int = 0,
-                executor=None, store=None, db=None, progress: bool = False) -> BuiltSuite:
+                executor=None, store=None, db=None, progress: bool = False, model: str | None = None) -> BuiltSuite:
     """Every (corruption, severity) set of `suite` for data spec `data` (default split test), cached in `out`;
     each set is recorded in the results store (`store`, or the file `db`) when one is given. Missing sets are built
-    by the executor (default: local processes, one per core)."""
+    by the executor (default: local processes, one per core). Text is read through `model`'s tokenizer (an HF text
+    folder), as the sets will be tasted."""
     from ladle.data import StreamSet, open_data, parse_spec
     from ladle.shifts.corruptions import CorruptionCache, corrupted_sets, parse_severities, parse_suite, resize_note
 
     from ladle.results.store import opened
 
+    from ladle.errors import LadleError
+    from ladle.shifts.corruptions import is_text_suite
+
     spec = parse_suite(suite, parse_severities(severities))
     source, split = parse_spec(data)
-    clean = open_data(f"{source}:{split or 'test'}", image_size=image_size)
+    preprocess = None
+    if model is not None:
+        from ladle.models import model_spec
+
+        preprocess = model_spec(model).preprocess if is_text_suite(spec.suite) else None
+    elif is_text_suite(spec.suite):
+        raise LadleError(f"corruptions: {spec.suite} corrupts text read through a model's tokenizer: give --model "
+                         "(an HF text folder)")
+    clean = open_data(f"{source}:{split or 'test'}", image_size=image_size, preprocess=preprocess)
     if isinstance(clean, StreamSet):  # photos: decoded once into the preprocessed uint8 cache, corrupted from there
         clean = clean.cached(progress=progress)
     cache = CorruptionCache(Path(out))

@@ -272,6 +272,13 @@ def _kept_stock(path: Path, epoch: int, identity: dict, parent_sha: str | None) 
     state = record.get("optimiser_state") or {}
     if not side.is_file() or sha256_file(side) != state.get("sha256"):
         return None
+    sidecar = path.with_name(path.name + ".json")
+    if not sidecar.is_file():  # killed between the checkpoint's rename and its manifest copy's: write the copy
+        from ladle.io.atomic import write_text_atomic
+        from ladle.io.checkpoints import SafetensorsFile
+        from ladle.io.writer import MANIFEST_KEY
+
+        write_text_atomic(sidecar, SafetensorsFile(path).metadata[MANIFEST_KEY] + "\n")
     return _stock_result(record, path, sha256_file(path))
 
 

@@ -51,8 +51,10 @@ class TasteReport:
         return [r for r in self.rows if r.kind == "ingredient"]
 
     def headline(self, split: str) -> str:
-        """'accuracy', or 'nll' for a language model's corpus (no accuracy: lower NLL is better)."""
+        """'accuracy'; 'score' for a user's --metric; 'nll' for a language model's corpus (lower is better)."""
         found = next((r.metrics[split] for r in self.rows if split in r.metrics), None)
+        if found is not None and found.score is not None:
+            return "score"
         return "nll" if found is not None and found.accuracy is None else "accuracy"
 
     def best_single(self, split: str) -> float:
@@ -74,24 +76,27 @@ class TasteReport:
                 "shifts": [shift.to_dict() for shift in self.shifts]}
 
     def format(self, digits: int = 2) -> str:
-        nll = {s: self.headline(s) == "nll" for s in self.splits}  # a corpus: NLL per token (nats), gain in nats
+        headline = {s: self.headline(s) for s in self.splits}
+        nll = {s: headline[s] == "nll" for s in self.splits}  # a corpus: NLL per token (nats), gain in nats
+        raw = {s: headline[s] != "accuracy" for s in self.splits}  # NLLs and user scores are shown as they are
         width = {s: max(14, len(s) + 6) for s in self.splits}
-        head = f"{'model':<34}{'kind':<12}" + "".join(f"{s + (' nll' if nll[s] else ' acc'):>{width[s]}}{'gain':>8}"
+        label = {"accuracy": " acc", "nll": " nll", "score": " score"}
+        head = f"{'model':<34}{'kind':<12}" + "".join(f"{s + label[headline[s]]:>{width[s] + 2}}{'gain':>8}"
                                                        for s in self.splits)
         lines = [head, "-" * len(head)]
         for r in self.rows:
             cells = ""
             for s in self.splits:
-                scale = 1 if nll[s] else 100
+                scale = 1 if raw[s] else 100
                 figure = scale * (-r.value(s) if nll[s] else r.value(s))
                 g = self.gain(r, s)
                 gain = "" if r.kind == "ingredient" or g != g else f"{scale * g:+.{digits}f}"  # none without ingredients
-                cells += (f"{figure:>{width[s]}.{digits}f}" if figure == figure else f"{'-':>{width[s]}}") + f"{gain:>8}"
+                cells += (f"{figure:>{width[s] + 2}.{digits}f}" if figure == figure else f"{'-':>{width[s] + 2}}") + f"{gain:>8}"
             label = r.name if len(r.name) <= 33 else "…" + r.name[-32:]
             lines.append(f"{label:<34}{(r.kind + (' ' + r.bn if r.bn else ''))[:11]:<12}{cells}")
         if self.ingredients():
             lines.append(f"{'best single ingredient':<34}{'':<12}" +
-                         "".join(f"{(1 if nll[s] else 100) * self.best_single(s):>{width[s]}.{digits}f}{'':>8}"
+                         "".join(f"{(1 if raw[s] else 100) * self.best_single(s):>{width[s] + 2}.{digits}f}{'':>8}"
                                  for s in self.splits))
         return "\n\n".join(["\n".join(lines)] + [shift.format() for shift in self.shifts])
 
@@ -176,7 +181,7 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
         if not isinstance(soup, dict):
             _release(soup)
         del state
-    if len(ingredient_names) > 1:  # a corpus has no output distribution per example to average: no ensemble there
+    if len(ingredient_names) > 1 and base_ev.metric is None:  # a corpus has no output distribution: no ensemble there
         rows.append(Row(f"ensemble of {len(ingredient_names)}", "ensemble",
                         {s: base_ev.ensemble(ingredient_names, s) for s in every
                          if getattr(every[s], "task", None) != "lm"}))
