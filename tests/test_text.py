@@ -327,3 +327,25 @@ def test_prediction_measures_and_grids_of_text_classifiers(kitchen, tmp_path, cl
     uniform = next(r for r in report.rows if r.name == "uniform soup").metrics[f"{kitchen['csv']}:all"]
     assert row["accuracy"] == pytest.approx(100 * uniform.accuracy, abs=1e-9)
     assert row["loss"] == pytest.approx(uniform.nll, rel=1e-5)
+
+
+def test_a_user_metric_scores_every_model_and_drives_greedy(kitchen, tmp_path):
+    """--metric package.module:function: the split's score is the mean of the function's per-example scores (here
+    the top-1 probability, checked by hand), stored under its own key; greedy keeps the higher score."""
+    report = taste_specs(kitchen["ft"][:2], data=[f"{kitchen['csv']}:all"], metric="text_fixtures:mean_confidence",
+                         workers=0)
+    texts = [t for t, _ in reviews(60)]
+    for row, folder in zip(report.ingredients(), kitchen["ft"][:2]):
+        m = row.metrics[f"{kitchen['csv']}:all"]
+        expected = hf_logits(folder, texts).double().softmax(-1).max(-1).values.mean().item()
+        assert m.score == pytest.approx(expected, rel=1e-5) and m.accuracy is None
+    assert report.headline(f"{kitchen['csv']}:all") == "score"
+    assert [r.kind for r in report.rows] == ["ingredient", "ingredient", "soup"]  # no ensemble of scores
+    scorer = make_scorer(str(kitchen["ft"][0]), [f"{kitchen['csv']}:heldout"], workers=0,
+                         metric="text_fixtures:mean_confidence")
+    assert scorer.metric == "score"
+    soup = ladle.cook("greedy", [str(f) for f in kitchen["ft"]], out=tmp_path / "s", scorer=scorer)
+    steps = soup.manifest["trace"]["greedy"]["steps"]
+    assert steps[0]["ingredient_score"] == max(s["ingredient_score"] for s in steps)
+    with pytest.raises(LadleError, match="metric: cannot import 'no_such_module:f'"):
+        taste_specs(kitchen["ft"][:1], data=[f"{kitchen['csv']}:all"], metric="no_such_module:f")

@@ -85,3 +85,9 @@ def write_reviews_csv(path: Path, n: int = 60, seed: int = 0, label_ints: bool =
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def mean_confidence(model, batch) -> torch.Tensor:
+    """A label-free `--metric`: each example's top-1 probability (text batches go in by name)."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return model(**inputs).logits.softmax(-1).max(-1).values
