@@ -29,6 +29,7 @@ TEXT_DEFAULTS = ("text", "sentence", "sentence1")  # the first column found is t
 QUESTION_COLUMNS = ("question", "context")  # multiple choice: the prompt the choices continue
 MAX_LENGTH = 512
 MISSING_LOGLIK = -1e9  # a choice an item does not have: never the argmax, no NaN in metrics
+WORKER_BATCHES = 32  # a split of fewer batches is tokenised in this process unless --workers says otherwise
 
 
 @dataclass
@@ -341,12 +342,13 @@ def model_inputs(batch: dict) -> dict:
 
 def token_nll(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence: the summed negative log-likelihood of its scored tokens (each predicted from the ones before)
-    and how many there are, in float64."""
+    and how many there are. logsumexp − the picked logit in float32, summed in float64: no float64 copy of the
+    (batch, length, vocabulary) logits, which cost as much time as the forward pass (bench/text.py)."""
     ids, target = batch["input_ids"].to(logits.device), batch["target_mask"].to(logits.device)
-    logp = torch.log_softmax(logits[:, :-1].double(), -1)
-    nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    logits = logits[:, :-1].float()
+    nll = torch.logsumexp(logits, -1) - logits.gather(-1, ids[:, 1:, None]).squeeze(-1)
     scored = target[:, 1:].double()
-    return (nll * scored).sum(1), scored.sum(1)
+    return (nll.double() * scored).sum(1), scored.sum(1)
 
 
 def readout(task: str, logits: torch.Tensor, batch) -> torch.Tensor:
@@ -411,7 +413,8 @@ class TextSet:
 
         groups = [self.order[s : s + batch_size] for s in range(0, len(self), batch_size)]
         workers = self.workers if workers is None else workers
-        workers = default_workers() if workers is None else workers
+        if workers is None:  # forking workers that each load the tokenizer costs more than it saves on small splits
+            workers = default_workers() if len(groups) >= WORKER_BATCHES else 0
         if len(groups) <= 1:
             workers = 0
         loader = torch.utils.data.DataLoader(_Tokenized(self.examples, self.tokenization, groups), batch_size=None,

@@ -110,10 +110,15 @@ def metrics_of(data, rows: torch.Tensor, labels: torch.Tensor | None = None, cus
 AUTOCAST = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision
 
 
-def eval_batch_size(device) -> int:
-    """Images per forward pass when none is given: 64 on a CPU (bench/eval.py, EfficientNet-Lite0 on 2 cores:
-    1.3-1.6x the images/s of batch 256, 2.4-3.6x plain eager inference; smaller batches stay in cache), 256 on a GPU."""
-    return 64 if torch.device(device).type == "cpu" else 256
+def eval_batch_size(device, language_model: bool = False) -> int:
+    """Examples per forward pass when none is given: 64 on a CPU (bench/eval.py, EfficientNet-Lite0 on 2 cores:
+    1.3-1.6x the images/s of batch 256, 2.4-3.6x plain eager inference; smaller batches stay in cache), 256 on a GPU.
+    A language model's logits are (batch, length, vocabulary): 8 texts on a CPU, 32 on a GPU (at 512 tokens and a
+    128k vocabulary, 8 texts are 2 GB of float32 logits)."""
+    cpu = torch.device(device).type == "cpu"
+    if language_model:
+        return 8 if cpu else 32
+    return 64 if cpu else 256
 
 
 def _predictions(logits: torch.Tensor) -> torch.Tensor:
@@ -212,7 +217,8 @@ class Evaluator:
         for name, data in self.splits.items():
             if len(data) == 0:
                 raise LadleError(f"data: split '{name}' is empty")
-        self.batch_size = batch_size or eval_batch_size(self.device)
+        language_model = any(getattr(d, "task", None) in ("lm", "choice") for d in self.splits.values())
+        self.batch_size = batch_size or eval_batch_size(self.device, language_model)
         self.precision = precision
         self.workers = workers
         self.bn = bn

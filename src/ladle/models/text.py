@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ladle.data.text import MAX_LENGTH, Tokenization, load_tokenizer, tokenizer_identity
+from ladle.data.text import MAX_LENGTH, Tokenization, tokenizer_identity
 from ladle.errors import LadleError
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -30,6 +30,13 @@ def _config(path: Path) -> dict:
         return json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise LadleError(f"model: cannot read config.json: {e}", file=path / "config.json") from None
+
+
+def _tokenizer_config(path: Path) -> dict:
+    try:
+        return json.loads((path / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def text_task(path: Path) -> str:
@@ -51,7 +58,7 @@ def tokenization(spec: str, max_length: int | None = None) -> Tokenization:
     path = Path(spec)
     config = _config(path)
     limit = min(MAX_LENGTH, int(config.get("max_position_embeddings") or config.get("n_positions") or MAX_LENGTH))
-    tokenizer_limit = getattr(load_tokenizer(path), "model_max_length", None)
+    tokenizer_limit = _tokenizer_config(path).get("model_max_length")  # read, not the tokenizer loaded for it
     if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < limit:
         limit = tokenizer_limit
     if max_length is not None:
