@@ -1,4 +1,5 @@
-"""`ladle train sweep`: fine-tune ingredients from one stock, one executor task per run (resumable).
+"""`ladle train sweep`: fine-tune ingredients from one stock, one executor task per run (resumable); a config that
+names a Hugging Face text folder (text-sweep.yaml: MiniLM on Rotten Tomatoes) fine-tunes text classifiers.
 `ladle train ssl`: one self-supervised run (labels ignored) through the same sweep machinery."""
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ def add_parser(sub) -> None:
     train_sub = train.add_subparsers(dest="train_command", required=True, metavar="WHAT")
     sweep = train_sub.add_parser("sweep", help="fine-tune N ingredients from one stock with drawn hyper-parameters (resumable)")
     sweep.add_argument("--config", metavar="FILE.yaml",
-                       help="the search space (fields it leaves out: the demo's regime, ladle/training/configs/demo.yaml); "
-                            "the flags below override it")
+                       help="the search space (fields it leaves out: the demo's regime, ladle/training/configs/demo.yaml; "
+                            "text-sweep.yaml, or any config naming a Hugging Face text folder: text classifiers, whose "
+                            "own fields max_length, warmup, label_smoothing, train_examples, heldout_examples are set "
+                            "with --set); the flags below override it")
     add_flags(sweep, SWEEP_FIELDS)
     sweep.add_argument("--device", default=None)
     executor_option(sweep, "trains the runs")
@@ -60,13 +63,16 @@ def run(args) -> int:
     import contextlib
     from pathlib import Path
 
-    from ladle.training import run_sweep
+    from ladle.training import load_config, run_sweep
 
     from ladle.cli.common import overrides_from
     from ladle.config import SWEEP_FIELDS
 
-    config = args.config if args.train_command == "sweep" else ssl_config(args)
     overrides = overrides_from(args, SWEEP_FIELDS)
+    if args.train_command == "sweep":
+        config = args.config  # an image sweep's, or a text sweep's (run_sweep tells them apart)
+    else:
+        config, overrides = load_config(ssl_config(args), overrides), None  # an image sweep's, whatever the model
     with contextlib.ExitStack() as stack:
         executor = store = None
         if args.executor:
@@ -88,6 +94,10 @@ def run(args) -> int:
 def describe(record: dict) -> str:
     """One line per ingredient: where, held-out accuracy, what it was drawn with (parts only when not the default)."""
     hp = record["hyperparameters"]
+    if record.get("kind") == "text":
+        return (f"{record['path']}: held-out {100 * record['heldout_accuracy']:.2f}%  lr {hp['lr']:g} "
+                f"wd {hp['weight_decay']:g} epochs {hp['epochs']} max-length {hp['max_length']} "
+                f"ls {hp['label_smoothing']:g} seed {hp['seed']}")
     show = {"label_smoothing": "ls"}
     knobs = "".join(f" {show.get(k, k)} {v:g}" if isinstance(v, float) else f" {show.get(k, k)} {v}" for k, v in hp.items()
                     if k not in ("lr", "weight_decay", "epochs", "batch_size", "seed"))

@@ -6,6 +6,7 @@ objective, optimiser, schedule and hyper-parameters (ladle.training.config) and 
 a task of plain data (specs, paths, hyper-parameters), run by `train_run` in whatever process the executor
 picks; the task fixes torch's thread count and seeds, so the bytes a run writes do not depend on the executor.
 A finished, undamaged ingredient whose record matches the run it would be is kept, never retrained.
+A config that names a Hugging Face text folder is a text sweep's, run by ladle.training.text the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ladle.errors import LadleError
-from ladle.training.config import Run, SweepConfig, load_config, sample_run, sweep_id
+from ladle.training.config import Run, SweepConfig, TextSweepConfig, load_config, sample_run, sweep_id
 from ladle.training.loop import accuracy, classifier_of, finetune, linear_probe, torch_threads
 from ladle.training.runs import default_executor, put_ingredient, read_record  # noqa: F401  (importable from here too)
 
@@ -54,17 +55,27 @@ class RunTask:
         return Run(self.objective, self.optimiser, self.schedule, self.bn, self.hyperparameters)
 
 
-def run_sweep(config: SweepConfig | dict | str | Path | None, out: Path, *, overrides: dict | None = None, executor=None,
-              store=None, device: str | None = None, progress: bool = False) -> list[dict]:
+def run_sweep(config: SweepConfig | TextSweepConfig | dict | str | Path | None, out: Path, *,
+              overrides: dict | None = None, executor=None, store=None, device: str | None = None,
+              progress: bool = False) -> list[dict]:
     """A sweep from a config (file, dict, or None: the default config) plus overrides, into `out/`.
 
     executor: from ladle.execution.make_executor (default: local, one worker per `threads` cores);
     store: a ResultStore, which gets one ingredient row per run. Returns the records, in run order, each with
-    its `path` and `sha256`."""
+    its `path` and `sha256`. A text sweep's config (one naming a text model, or setting a text-only field:
+    ladle.training.config.text_sweep_layers) runs as ladle.training.text.run_text_sweep."""
     from ladle.data import load_data
     from ladle.evaluation.tasting import default_device
     from ladle.models import model_spec
+    from ladle.training.config import load_text_config, text_sweep_layers
 
+    text = config if isinstance(config, TextSweepConfig) else None if isinstance(config, SweepConfig) else \
+        text_sweep_layers(config, overrides)
+    if text is not None:
+        from ladle.training.text import run_text_sweep
+
+        return run_text_sweep(load_text_config(text), Path(out), executor=executor, store=store, device=device,
+                              progress=progress)
     cfg = config if isinstance(config, SweepConfig) else load_config(config, overrides)
     train, heldout = (load_data(f"{cfg.data}:{split}", image_size=cfg.image_size, seed=cfg.data_seed)
                       for split in ("train", "heldout"))
