@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     soups.add_argument("--quick", action="store_true", help="a smaller, faster study (for smoke tests)")
     soups.add_argument("--config", metavar="SWEEP.yaml",
                        help="another regime: a sweep config (hyper-parameter ranges, epochs, runs); model and data stay "
-                            "the demo's. Use a separate --out per regime")
+                            "the demo's. Use a separate --out per regime. A `kind: text-soups` config (rotten-tomatoes.yaml "
+                            "is shipped) runs the text study: MiniLM on Rotten Tomatoes")
     soups.add_argument("--device", default=None, help="cpu, cuda, … (default cpu in workers)")
     soups.add_argument("--json", action="store_true", help="print the summary as JSON")
     executor_option(soups, "runs one task per seed")
@@ -75,6 +76,14 @@ def run(args) -> int:
 
     from ladle.studies.soups import format_summary, parse_seeds, study_soups
 
+    if args.config:
+        from ladle.studies.text_soups import REFERENCE, is_text_study, study_text_soups
+
+        if is_text_study(args.config):  # `kind: text-soups`: the text study (rotten-tomatoes.yaml is shipped)
+            summary = study_text_soups(parse_seeds(args.seeds), Path(args.out), args.config, executor=args.executor,
+                                       db=args.db, device=args.device)
+            print_json(summary) if args.json else print(format_summary(summary, REFERENCE))
+            return 0
     summary = study_soups(parse_seeds(args.seeds), Path(args.out), runs=args.runs, quick=args.quick,
                           executor=args.executor, db=args.db, device=args.device,
                           config=args.config)

@@ -169,11 +169,11 @@ def _train(folder: Path, seed: int, spec, train, heldout, runs: int, epochs: int
                          store=store, device=device, progress=progress)
 
 
-def record_seed(store, result: SeedResult, quick: bool) -> None:
+def record_seed(store, result: SeedResult, quick: bool, study: str = STUDY) -> None:
     """One study row per (row, column), then a `done` marker: a seed with its marker is complete."""
     from ladle.evaluation.gain import best_single
 
-    study = STUDY + ("-quick" if quick else "")
+    study = study + ("-quick" if quick else "")
     gains = result.gains()
     for name, kind, acc in result.rows:
         label = row_label(name, kind)
@@ -281,8 +281,9 @@ def summarise(rows: list[dict], seeds: list[int]) -> dict:
     return {"seeds": seeds, "rows": summary}
 
 
-def format_summary(summary: dict) -> str:
-    """Mean ± sd of the soup gain (points) per row and column, per-seed gains, and the paper's figures."""
+def format_summary(summary: dict, reference: list[str] | None = None) -> str:
+    """Mean ± sd of the soup gain (points) per row and column, per-seed gains, and the paper's figures (or the
+    `reference` lines another study compares with)."""
     seeds = summary["seeds"]
     head = f"{'':<34}" + "".join(f"{c + ' acc':>14}{'gain mean±sd':>16}" for c in COLUMNS)
     lines = [f"soup gain over {len(seeds)} sweep seeds ({', '.join(map(str, seeds))}): accuracy − best ingredient's "
@@ -304,6 +305,8 @@ def format_summary(summary: dict) -> str:
         per_seed = by_column.get("test", {}).get("per_seed", {})
         lines.append(f"{name[:33]:<34}" + "".join(f"{100 * per_seed[s]:>+10.2f}" if s in per_seed and per_seed[s] == per_seed[s]
                                                     else f"{'—':>10}" for s in seeds))
+    if reference is not None:
+        return "\n".join(lines + [""] + reference)
     lines += ["", "for reference, Wortsman et al. 2022 (CLIP ViT-B/32, 72 ingredients; ImageNet / mean of 5 shifts, %):"]
     best = PAPER["best single"]
     for name, (imagenet, shifts) in PAPER.items():
