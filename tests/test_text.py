@@ -349,3 +349,14 @@ def test_a_user_metric_scores_every_model_and_drives_greedy(kitchen, tmp_path):
     assert steps[0]["ingredient_score"] == max(s["ingredient_score"] for s in steps)
     with pytest.raises(LadleError, match="metric: cannot import 'no_such_module:f'"):
         taste_specs(kitchen["ft"][:1], data=[f"{kitchen['csv']}:all"], metric="no_such_module:f")
+
+
+def test_corrupt_builds_text_typos_through_the_model_tokenizer_and_needs_one(kitchen, tmp_path, cli):
+    r = cli("corrupt", "--data", f"{kitchen['csv']}:all", "--suite", "text-typos:case", "--severities", "2",
+            "--model", kitchen["ft"][0], "--out", tmp_path / "typos")
+    assert r.code == 0, r.err
+    assert "1 corrupted sets of 60 texts" in r.out and "1 built, 0 reused" in r.out
+    (file,) = (tmp_path / "typos").rglob("*.jsonl")
+    assert file.name.endswith("-severity2-seed0.jsonl")
+    r = cli("corrupt", "--data", f"{kitchen['csv']}:all", "--suite", "text-typos", "--out", tmp_path / "none")
+    assert r.code == 2 and "text-typos corrupts text read through a model's tokenizer: give --model" in r.err

@@ -32,10 +32,13 @@ def run(args) -> int:
         print_json({"suite": built.suite, "data": built.data, "seed": built.seed, "built": built.built,
                     "reused": built.reused, "damaged_rebuilt": built.damaged, "sets": listing})
         return 0
+    from ladle.shifts.corruptions import is_text_suite
+
+    noun = "texts" if is_text_suite(built.suite) else "images"
     for row in listing:
-        print(f"{row['corruption']:<20} {row['severity']}  {row['images']:>6} examples  {row['path']}")
+        print(f"{row['corruption']:<20} {row['severity']}  {row['images']:>6} {noun}  {row['path']}")
     images = len(next(iter(built.sets.values()))) if built.sets else 0
-    print(f"{len(listing)} corrupted sets of {images} examples in {args.out}: {built.built} built, {built.reused} reused"
+    print(f"{len(listing)} corrupted sets of {images} {noun} in {args.out}: {built.built} built, {built.reused} reused"
           + (f", {len(built.damaged)} damaged and rebuilt" if built.damaged else "") + f" ({built.seconds:.1f} s)")
     for text in built.notes:
         print(f"note: {text}")

@@ -313,7 +313,8 @@ class Evaluator:
         """Logits of the model as currently loaded, on a split (uncached)."""
         data = self.splits[split]  # read batch by batch: a corrupted set or a cache is mapped from disk, photos stream
         out = []
-        bar = progress_bar(total=len(data), desc=f"eval {split}", unit="img", enabled=self.progress)
+        unit = "text" if isinstance(data, TextSet) else "img"
+        bar = progress_bar(total=len(data), desc=f"eval {split}", unit=unit, enabled=self.progress)
         for x in self.batches(data):
             out.append(self.forward(x, data))
             bar.update(len(out[-1]))

@@ -237,13 +237,18 @@ class CorruptionCache:
                 f"{key['data']}-severity{key['severity']}-seed{key['seed']}{suffix}")
 
     def load(self, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._lookup(key, lambda path: self._read(path, key))
+
+    def _lookup(self, key: dict, read):
+        """`read(path)` of the key's file, or None: a miss, and a file that is not exactly this key's intact set is
+        noted in `damaged` (rebuilt by the caller)."""
         if self.folder is None:
             return None
         path = self.path(key)
         if not path.is_file():
             self.misses += 1
             return None
-        found = self._read(path, key)
+        found = read(path)
         if found is None:
             self.damaged.append(str(path))
             self.misses += 1
@@ -277,21 +282,8 @@ class CorruptionCache:
 
 
     def load_texts(self, key: dict, labels: np.ndarray) -> list[str] | None:
-        """The corrupted texts of a text key's JSONL file, or None (a miss; a file that is not exactly this key's
-        intact set is noted in `damaged`)."""
-        if self.folder is None:
-            return None
-        path = self.path(key)
-        if not path.is_file():
-            self.misses += 1
-            return None
-        found = _read_texts(path, key, labels)
-        if found is None:
-            self.damaged.append(str(path))
-            self.misses += 1
-            return None
-        self.hits += 1
-        return found
+        """The corrupted texts of a text key's JSONL file, or None (see `_lookup`)."""
+        return self._lookup(key, lambda path: _read_texts(path, key, labels))
 
     def store_texts(self, key: dict, texts: list[str], labels: np.ndarray) -> Path | None:
         """Write a corrupted text set atomically (temporary file, fsync, rename); None without a folder."""
