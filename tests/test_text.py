@@ -360,3 +360,14 @@ def test_corrupt_builds_text_typos_through_the_model_tokenizer_and_needs_one(kit
     assert file.name.endswith("-severity2-seed0.jsonl")
     r = cli("corrupt", "--data", f"{kitchen['csv']}:all", "--suite", "text-typos", "--out", tmp_path / "none")
     assert r.code == 2 and "text-typos corrupts text read through a model's tokenizer: give --model" in r.err
+
+
+def test_self_seasoning_reads_text_classifiers_label_free(kitchen, tmp_path):
+    """Self-season on texts: the classifier's input (BERT's pooled output) as the embedding, no label read."""
+    scorer = make_scorer(str(kitchen["ft"][0]), [f"{kitchen['csv']}:all"], workers=0, split="all")
+    soup = ladle.cook("self-season", [str(f) for f in kitchen["ft"][:2]], out=tmp_path / "ss", scorer=scorer,
+                      k=4, batch_size=32, epochs=2)
+    record = soup.manifest["trace"]["self_season"]
+    assert record["labels"] == "never read" and len(record["losses"] if "losses" in record else
+                                                    record["loss_per_epoch"]) == 2
+    assert sum(soup.manifest["weights"]) == pytest.approx(1.0)

@@ -57,6 +57,8 @@ def open_data(spec: str, *, preprocess: Preprocess | Tokenization | None = None,
     text = isinstance(preprocess, Tokenization)
     size = None if text else preprocess.size if preprocess is not None else image_size
     if source == "digits":
+        if text:
+            raise LadleError("data: digits holds images, but the model reads text (--model)")
         data = _digits(split, size, seed)
     elif source in BUILTIN_TEXT:
         examples, record = _builtin_text(source, split, seed, heldout_fraction, preprocess, columns)
@@ -113,7 +115,8 @@ def _builtin_text(name: str, split: str, seed: int, fraction: float, tokenizatio
     if split == "all":
         return full, record | {"subset": "all"}
     if table.groups is None:
-        return _choose_split({"all": lambda: full}, split, seed, fraction, table.path)[0], record | {"subset": split}
+        examples, chosen = _choose_split({"all": lambda: full}, split, seed, fraction, table.path)
+        return examples, record | chosen
     rest, test = group_split(table.groups, (1 - TEST_FRACTION,), seed=0)
     if split == "test":
         idx = test

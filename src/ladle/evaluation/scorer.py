@@ -123,6 +123,8 @@ class Taster:
     def embed(self, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Embeddings (the classifier's input) of the model with `state` in place of its tensors (with gradients)."""
         model = self.evaluator.model.eval()
+        if isinstance(x, dict):  # a text batch goes in by name
+            return embed(model, x, call=lambda inputs: functional_call(model, state, (), model_inputs(inputs)))
         return embed(model, channels_last(x), call=lambda inputs: functional_call(model, state, (inputs,)))
 
     def batches(self, batch_size: int, generator: torch.Generator):

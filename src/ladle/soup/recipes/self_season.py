@@ -50,8 +50,9 @@ def self_season(n: int, scorer: Scorer,
     losses, weights_per_epoch = [], []
     for _ in progress_bar(range(epochs), desc="self-season", unit="epoch", enabled=scorer.progress):
         total, count = 0.0, 0
-        for x, _labels_unused in scorer.batches(batch_size, generator):
-            if len(x) <= k:
+        for x, labels_unused in scorer.batches(batch_size, generator):
+            size = len(labels_unused)  # (x may be a text batch: a dict of tensors)
+            if size <= k:
                 continue  # a last batch too small to have k neighbours
             w = alpha.softmax(-1).to(scorer.device)
             params = {key: frozen_weighted_sum([s[key] for s in states], w) for key in param_keys}
@@ -60,7 +61,7 @@ def self_season(n: int, scorer: Scorer,
             loss.backward()
             optimizer.step()
             schedule.step()
-            total, count = total + loss.item() * len(x), count + len(x)
+            total, count = total + loss.item() * size, count + size
         if count == 0:
             raise LadleError(f"self-season: the {scorer.split} split has no batch of more than k = {k} images")
         losses.append(total / count)
