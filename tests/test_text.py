@@ -269,7 +269,7 @@ def test_ingredients_with_different_tokenizers_are_refused_before_any_evaluation
 
 def test_text_tasting_options_are_flags_recorded_in_the_reproduce_command(kitchen, tmp_path, cli):
     r = cli("taste", *kitchen["ft"][:2], "--data", f"{kitchen['csv']}:all", "--max-length", "8", "--json",
-            "--workers", "0")
+            "--workers", "0", "--num-labels", "2")  # (--num-labels: --num-classes by the name HF users know)
     assert r.code == 0, r.err
     report = json.loads(r.out)
     assert [row["kind"] for row in report["rows"]] == ["ingredient", "ingredient", "soup", "ensemble"]

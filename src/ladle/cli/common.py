@@ -33,6 +33,9 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
+ALIASES = {"num_classes": ("--num-labels",)}  # what a Hugging Face text user calls the head's size
+
+
 def add_params(parser: argparse.ArgumentParser, params, skip: tuple[str, ...] = ()) -> None:
     """One flag per declared parameter (ladle.soup.schema.Param); unset flags stay None (the signature's default)."""
     for p in params:
@@ -57,7 +60,7 @@ def add_params(parser: argparse.ArgumentParser, params, skip: tuple[str, ...] = 
             kwargs.update(action="append", metavar=p.field.upper().rstrip("S") or "VALUE")
         else:
             kwargs["type"] = str if isinstance(p.type, type) and issubclass(p.type, str) else p.type
-        parser.add_argument(p.flag, **kwargs)
+        parser.add_argument(p.flag, *ALIASES.get(p.name, ()), **kwargs)
 
 
 def add_flags(parser, fields, skip: tuple[str, ...] = ()) -> None:
