@@ -393,8 +393,7 @@ class TextSet:
         return len(self.classes)
 
     def subset(self, indices, tag: str) -> TextSet:
-        part = TextSet(self.examples.select(indices), self.tokenization, dict(self.source, subset=tag), self.workers)
-        return part
+        return TextSet(self.examples.select(indices), self.tokenization, dict(self.source, subset=tag), self.workers)
 
     def cached(self, **_) -> TextSet:
         """Texts are tokenised as they are read (cheaper than reading a cache back): nothing to cache."""

@@ -154,13 +154,22 @@ def compare_configs(reference_dir: Path, reference: dict | None, directories: li
     return differences
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "special_tokens_map.json")
+
+
+def has_tokenizer(folder) -> bool:
+    """Whether a folder holds a tokenizer (a file check: nothing is read or hashed)."""
+    folder = Path(folder)
+    return any((folder / name).is_file() for name in (*TOKENIZER_FILES, "tokenizer_config.json"))
+
+
 def tokenizer_identity(folder) -> str | None:
     """What two tokenizers must share to read the same token ids: the vocabulary and the special tokens (a hash);
     None for a folder without a tokenizer."""
     folder = Path(folder)
     parts = []
-    for name in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
-                 "sentencepiece.bpe.model", "special_tokens_map.json"):
+    for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             data = (folder / name).read_bytes()
             if name == "tokenizer.json":  # the vocabulary, merges and added tokens; not truncation/padding settings

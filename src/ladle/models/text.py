@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from ladle.data.text import MAX_LENGTH, Tokenization, tokenizer_identity
+from ladle.io.hf import has_tokenizer, read_config
 from ladle.errors import LadleError
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -22,14 +23,7 @@ def is_text_folder(spec: str) -> bool:
     """A model folder whose inputs are tokens: it has a config and a tokenizer, and no image processor."""
     path = Path(spec)
     return (path.is_dir() and (path / "config.json").is_file() and not (path / "preprocessor_config.json").is_file()
-            and tokenizer_identity(path) is not None)
-
-
-def _config(path: Path) -> dict:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise LadleError(f"model: cannot read config.json: {e}", file=path / "config.json") from None
+            and has_tokenizer(path))  # matched on every model spec: files checked, no tokenizer hashed
 
 
 def _tokenizer_config(path: Path) -> dict:
@@ -39,9 +33,9 @@ def _tokenizer_config(path: Path) -> dict:
         return {}
 
 
-def text_task(path: Path) -> str:
+def text_task(config: dict) -> str:
     """'causal-lm' for a language model's config, else 'classify'."""
-    architectures = _config(path).get("architectures") or []
+    architectures = config.get("architectures") or []
     return "causal-lm" if any(a.endswith(CAUSAL_SUFFIXES) for a in architectures) else "classify"
 
 
@@ -56,7 +50,7 @@ def real_label2id(config: dict) -> dict[str, int] | None:
 def tokenization(spec: str, max_length: int | None = None) -> Tokenization:
     """The folder's tokenizer, truncating at `max_length` (default: the model's own limit, at most 512)."""
     path = Path(spec)
-    config = _config(path)
+    config = read_config(path) or {}
     limit = min(MAX_LENGTH, int(config.get("max_position_embeddings") or config.get("n_positions") or MAX_LENGTH))
     tokenizer_limit = _tokenizer_config(path).get("model_max_length")  # read, not the tokenizer loaded for it
     if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < limit:
@@ -72,7 +66,7 @@ def tokenization(spec: str, max_length: int | None = None) -> Tokenization:
         from transformers import AutoConfig
 
         head = AutoConfig.from_pretrained(path, local_files_only=True).num_labels
-    return Tokenization(str(path), tokenizer_identity(path), limit, text_task(path),
+    return Tokenization(str(path), tokenizer_identity(path), limit, text_task(config),
                         tuple(sorted(label2id.items(), key=lambda kv: kv[1])) if label2id else None, "tokenizer",
                         head)
 

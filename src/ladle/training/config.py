@@ -344,12 +344,13 @@ def minilm_folder() -> Path:
 
 
 def _text_model(model: str, where: dict) -> str:
+    from ladle.io.hf import read_config
     from ladle.models.text import is_text_folder, text_task
 
     folder = minilm_folder() if model == MINILM else Path(model)
     if not is_text_folder(str(folder)):
         fail(where, "model", f"not a Hugging Face text folder (config.json and a tokenizer), nor {MINILM}: '{model}'")
-    if text_task(folder) != "classify":
+    if text_task(read_config(folder) or {}) != "classify":
         fail(where, "model", f"'{model}' is a causal language model; a text sweep fine-tunes classifiers")
     return str(folder)
 
