@@ -10,7 +10,7 @@ from ladle.cli.common import add_params, given, note, print_json, show_progress
 
 def add_parser(sub) -> None:
     from ladle.soup.options import COOK_OPTIONS
-    from ladle.soup.recipes import BASE_NONE, RECIPES
+    from ladle.soup.recipes import RECIPES
     from ladle.spec import TASTING_OPTIONS
 
     cook = sub.add_parser("cook", help="mix ingredients into a soup",
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         p = recipes.add_parser(recipe.name, help=recipe.summary, description=f"{recipe.summary} ({recipe.reference})")
         p.add_argument("ingredients", nargs="*", metavar="CKPT")
         p.add_argument("-o", "--output", metavar="PATH", help="X.safetensors, or a directory (sharded, HF layout)")
-        add_params(p, COOK_OPTIONS, skip=("base",) if recipe.base == BASE_NONE else ())
+        add_params(p, COOK_OPTIONS)  # --base too: LoRA adapters name the model they update with it
         add_params(p, recipe.parameters, skip=("seed",) if recipe.needs_scorer else ())
         if recipe.needs_scorer:
             add_params(p, TASTING_OPTIONS)
@@ -38,8 +38,6 @@ def unknown_arguments(args, extra: list[str]) -> str | None:
     flag = next((e.split("=", 1)[0] for e in extra if e.startswith("--")), None)
     if flag is None:
         return None
-    if flag == "--base":
-        return f"recipe '{recipe.name}' does not use a base model; drop --base"
     if flag in ("--model", "--data", "--num-classes", "--bn", "--bn-data"):
         return f"recipe '{recipe.name}' does not evaluate anything; drop {flag}"
     takes = ", ".join(p.field for p in recipe.parameters) or "none"
@@ -96,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
             if not taste_fields.get("model"):
                 from ladle.spec import default_model
 
-                taste_fields["model"] = default_model(ingredients)  # HF folders: the first one's config and tokenizer
+                # HF folders: the first one's config and tokenizer; LoRA adapters: their base's
+                taste_fields["model"] = default_model([fields[k] for k in ("base", "merge_into") if fields.get(k)]
+                                                      + ingredients)
             if not taste_fields.get("model"):
                 raise LadleError(f"cook: --model is required ({recipe.name} tastes candidate soups)")
             if not taste_fields.get("data"):

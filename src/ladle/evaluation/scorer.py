@@ -88,8 +88,11 @@ class Taster:
         return {k: ing.get(k) for k in self.keys}
 
     def soup_state(self, weights, by_key: dict | None = None) -> dict[str, torch.Tensor]:
+        from ladle.soup.adapters import UpdatedModel, updated_soup_state
         from ladle.soup.recipes import KeyedPlan
 
+        if self.ingredients and all(isinstance(i, UpdatedModel) for i in self.ingredients):
+            return updated_soup_state(self.ingredients, list(weights), self.keys, by_key)  # the base stays as it is
         plan = KeyedPlan(list(weights), by_key=by_key or {})
         return {k: to_torch(v) for k, v in mix_stream(plan, self.ingredients, self.keys)}
 

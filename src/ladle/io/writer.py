@@ -273,8 +273,10 @@ class SoupWriter:
     still lands, through one copy of the data). `hash_output=False` skips the sha256 of what was written."""
 
     def __init__(self, out: str | os.PathLike, infos: dict[str, TensorInfo], *, force: bool = False,
-                 max_shard_size: int | str = "5GB", manifest_reserve: int = 64 << 10, hash_output: bool = True):
+                 max_shard_size: int | str = "5GB", manifest_reserve: int = 64 << 10, hash_output: bool = True,
+                 weights_name: str = "model"):
         self.out = Path(out)
+        self.weights_name = weights_name  # directory outputs: model.safetensors, or adapter_model.safetensors
         self.is_file = is_file_output(self.out)
         self.max_shard_size = parse_size(max_shard_size)
         self.hash_output = hash_output
@@ -320,8 +322,8 @@ class SoupWriter:
 
     def shard_name(self, i: int) -> str:
         if len(self.shards) == 1:
-            return "model.safetensors"
-        return f"model-{i + 1:05d}-of-{len(self.shards):05d}.safetensors"
+            return f"{self.weights_name}.safetensors"
+        return f"{self.weights_name}-{i + 1:05d}-of-{len(self.shards):05d}.safetensors"
 
     def add(self, key: str, tensor) -> None:
         shard = self.files[self.shard_of[key]]
@@ -352,7 +354,7 @@ class SoupWriter:
                 "metadata": {"total_size": self.total_bytes, MANIFEST_KEY: DIR_MANIFEST},
                 "weight_map": {k: self.shard_name(i) for k, i in self.shard_of.items()},
             }
-            (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (self.tmp / f"{self.weights_name}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (self.tmp / DIR_MANIFEST).write_text(manifest_text + "\n")
         for name, content in (extras or {}).items():
             target = self.tmp / name

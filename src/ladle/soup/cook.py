@@ -91,6 +91,16 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
         raise LadleError(f"recipe '{recipe}' does not evaluate anything; drop --model/--data")
     if not ingredients:
         raise LadleError("no ingredients given")
+    from ladle.soup.adapters import any_adapter
+
+    if any_adapter(ingredients):  # mixed in update space; the base is implicit
+        from ladle.soup.adapter_cook import cook_adapters
+
+        return cook_adapters(spec, ingredients, out=out, options=options, params=params, scorer=scorer,
+                             progress=progress)
+    for name in ("merge_into", "rank"):
+        if options[name] is not None:
+            raise LadleError(f"{name}: only for LoRA adapter ingredients (folders with adapter_config.json)")
     if spec.base == BASE_REQUIRED and base is None:
         raise LadleError(f"recipe '{recipe}' needs a base model (--base)")
     if spec.base == BASE_NONE and base is not None:
@@ -212,7 +222,7 @@ def encoder_exclusions(paths: list) -> list[str]:
     return [glob.escape(k) for k in sorted(heads)]
 
 
-def _describe_ingredient(ing: Ingredient, digests: dict[str, str]) -> dict:
+def describe_ingredient(ing: Ingredient, digests: dict[str, str]) -> dict:
     files = [{"path": str(f), "bytes": f.stat().st_size, "sha256": digests.get(str(f), NOT_HASHED)} for f in ing.files]
     entry = {"path": ing.name, "bytes": sum(f["bytes"] for f in files) if files else ing.nbytes, "files": files}
     if len(files) == 1:
@@ -247,8 +257,8 @@ def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, excl
     return {
         "recipe": recipe,
         "parameters": params,
-        "ingredients": [_describe_ingredient(i, digests) for i in ings],
-        "base": _describe_ingredient(base_ing, digests) if base_ing else None,
+        "ingredients": [describe_ingredient(i, digests) for i in ings],
+        "base": describe_ingredient(base_ing, digests) if base_ing else None,
         "weights": plan.weights,
         "base_weight": plan.base_weight,
         "notes": plan.notes,

@@ -21,6 +21,10 @@ def _declaration(
     no_hash: Annotated[bool, "skip the sha256 of the ingredients and of the output (the manifest says 'not hashed')"] = False,
     config_from: Annotated[Checkpoint, "directory outputs: take config, tokenizer and other non-weight files from this "
                                        "Hugging Face folder (default: the first ingredient's)"] = None,
+    merge_into: Annotated[Checkpoint, "LoRA adapters: write a full model, this base folder plus the mixed update of "
+                                      "each adapted module (config and tokenizer carried)"] = None,
+    rank: Annotated[int, "LoRA adapters: write a rank-R adapter, the truncated SVD of each mixed update (any recipe); "
+                         "without it linear recipes write the exact adapter of rank Σ rᵢ"] = None,
 ) -> None:
     """Options of `ladle cook` shared by every recipe."""
 
