@@ -99,3 +99,22 @@ def test_greedy_over_timm_adapters_on_images(tmp_path):
         with torch.inference_mode():
             accuracy = (peft(x).argmax(1) == y).double().mean().item()
         assert step["ingredient_score"] == pytest.approx(accuracy, abs=1e-12)
+
+
+def test_taste_of_adapters_and_their_soup_on_the_base(text_kitchen, tmp_path):
+    from ladle.studies.taste import taste_specs
+
+    base, adapters, csv = text_kitchen
+    ladle.cook("uniform", [str(a) for a in adapters[:3]], out=tmp_path / "uniform")
+    report = taste_specs([str(a) for a in adapters[:3]] + [str(tmp_path / "uniform")], base=str(base),
+                         data=[f"{csv}:test"], workers=0).to_dict()
+    scorer = make_scorer(str(base), [f"{csv}:test"], workers=0, split="test")
+    data = scorer.evaluator.splits[scorer.split]
+    rows = {r["name"]: r for r in report["rows"]}
+    split = next(iter(report["rows"][0]["metrics"]))
+    for a in adapters[:3]:
+        assert rows[str(a)]["metrics"][split]["accuracy"] == pytest.approx(
+            peft_accuracy(base, a, data.examples.texts, data.y), abs=1e-12)
+    soup_accuracy = peft_accuracy(base, tmp_path / "uniform", data.examples.texts, data.y)
+    assert rows[str(tmp_path / "uniform")]["metrics"][split]["accuracy"] == pytest.approx(soup_accuracy, abs=1e-12)
+    assert rows["uniform soup"]["metrics"][split]["accuracy"] == pytest.approx(soup_accuracy, abs=1e-12)

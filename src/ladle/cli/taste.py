@@ -9,6 +9,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("taste", help="evaluate soups beside their ingredients, the best single one and the ensemble")
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     add_params(p, _tasting())
+    p.add_argument("--base", metavar="CKPT", help="LoRA adapters: the model they update (a checkpoint or Hugging Face "
+                                                  "folder); each adapter is tasted as the base with its update")
     p.add_argument("--bn", choices=["average", "recalibrate", "first", "all"], default="average",
                    help="BatchNorm statistics of soups: averaged (default), recomputed on --bn-data, the first "
                         "ingredient's, or all three side by side")
@@ -42,7 +44,8 @@ def run(args) -> int:
                          corruptions=args.corruptions or (), severities=args.severities,
                          corruption_seed=args.corruption_seed, corruption_cache=args.corruption_cache,
                          mce_baseline=args.mce_baseline, executor=args.executor or "local", db=db,
-                         progress=show_progress(args), readout=args.readout, knn_bank=args.knn_bank)
+                         progress=show_progress(args), readout=args.readout, knn_bank=args.knn_bank,
+                         base=args.base)
     for text in report.notes:
         note(text)
     if args.report:

@@ -111,10 +111,25 @@ def is_soup(path) -> bool:
     return bool(manifest and manifest.get("recipe"))
 
 
+def _open_tasted(ckpt, base):
+    """A checkpoint as a lazy ingredient; a LoRA adapter as its base with its update (`base` required)."""
+    from ladle.io.lora import is_adapter
+
+    if not is_adapter(ckpt):
+        return open_ingredient(ckpt)
+    if base is None:
+        raise LadleError("a LoRA adapter is tasted on the model it updates: give it with --base", file=ckpt)
+    from ladle.soup.adapters import UpdatedModel, check_fits, open_updates
+
+    updates = open_updates(ckpt)
+    check_fits([updates], base)
+    return UpdatedModel(base, updates)
+
+
 def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average", uniform: bool = True,
           progress: bool = False, corruptions: list[SuiteSpec] = (), corruption_seed: int = 0,
           cache: CorruptionCache | None = None, mce_baseline: str = "best", executor=None, store=None,
-          knn_bank=None) -> TasteReport:
+          knn_bank=None, base=None) -> TasteReport:
     """Evaluate checkpoints, the uniform soup of the ingredients and their ensemble on every split of a resolved
     tasting spec, and on the corrupted copies of every split that the corruption suites make. With `knn_bank`
     (labelled images), every model is read out by weighted kNN against its embeddings of the bank instead of its head.
@@ -154,8 +169,9 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
     rows: list[Row] = []
     ingredients, keys, hashes = [], {}, {}
     soups = []
+    base_ing = open_ingredient(base) if base is not None else None
     for ckpt in checkpoints:
-        ing = open_ingredient(ckpt)
+        ing = _open_tasted(ckpt, base_ing)
         if is_soup(ckpt):
             soups.append((ing.name, ing))
             keys[ing.name] = key([file_hashes(ing.files)], [1.0], list(ing.keys()))
@@ -171,7 +187,12 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
     if uniform and len(ingredients) > 1:
         n = len(ingredients)
         keys["uniform soup"] = key([hashes[i] for i in ingredient_names], [1 / n] * n, list(ingredients[0].keys()))
-        soups.insert(0, ("uniform soup", cook("uniform", ingredients).state_dict))  # streamed: one model in memory
+        if base_ing is not None:  # adapters: base + mean update, the base's other tensors as they are
+            from ladle.soup.adapters import updated_soup_state
+
+            soups.insert(0, ("uniform soup", updated_soup_state(ingredients, [1 / n] * n, list(base_ing.keys()))))
+        else:
+            soups.insert(0, ("uniform soup", cook("uniform", ingredients).state_dict))  # streamed: one model in memory
     for name, soup in soups:
         state = soup if isinstance(soup, dict) else _lazy_state(soup)
         for p, ev in evaluators.items():
@@ -235,8 +256,9 @@ def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict, bank, *, uniform:
         return {k: ing.get(k) for k in ing.keys() if k not in heads}  # lazily read; heads are not read
 
     rows, ingredients, ingredient_probs, soups = [], [], [], []
+    base_ing = open_ingredient(base) if base is not None else None
     for ckpt in checkpoints:
-        ing = open_ingredient(ckpt)
+        ing = _open_tasted(ckpt, base_ing)
         if is_soup(ckpt):
             soups.append((ing.name, ing))
             continue
@@ -319,7 +341,7 @@ def write_report(report: TasteReport, folder: Path) -> None:
 def taste_specs(checkpoints: list, *, tasting: TastingSpec | None = None, bn: str = None, uniform: bool = True,
                 corruptions: list[str] = (), severities: str = "1-5", corruption_seed: int = 0,
                 corruption_cache: str | None = None, mce_baseline: str = "best", executor=None, store=None, db=None,
-                progress: bool = False, readout: str = "head", knn_bank: str | None = None, **fields) -> TasteReport:
+                progress: bool = False, readout: str = "head", knn_bank: str | None = None, base=None, **fields) -> TasteReport:
     """`taste` from a tasting spec (or its fields: model=…, data=[…], image_size=…) — what `ladle taste` calls:
     model and data built once, corruption suites parsed. `bn` may also be `all` (every policy side by side).
     Evaluations go to the results store (`store`, or the file `db`, opened once the input is known to be good; by
@@ -331,7 +353,7 @@ def taste_specs(checkpoints: list, *, tasting: TastingSpec | None = None, bn: st
     if tasting is None:
         tasting = TastingSpec.from_fields(fields | ({"bn": bn} if bn and bn != "all" else {}))
     bn = bn or tasting.bn
-    tasting = tasting.with_default_model(checkpoints)
+    tasting = tasting.with_default_model([base, *checkpoints] if base is not None else checkpoints)
     if not tasting.model:
         raise LadleError("taste: --model is required (it defaults to the first checkpoint only when that is a "
                          "Hugging Face folder)")
@@ -359,7 +381,7 @@ def taste_specs(checkpoints: list, *, tasting: TastingSpec | None = None, bn: st
     with opened(store) if db is None else DeferredStore(db) as store:  # no store file before there is a result
         report = taste(checkpoints, resolved, bn=bn, uniform=uniform, progress=progress, corruptions=suites,
                        corruption_seed=corruption_seed, cache=cache, mce_baseline=mce_baseline, executor=executor,
-                       store=store, knn_bank=bank)
+                       store=store, knn_bank=bank, base=base)
     if cache.damaged:
         report.notes.append(f"rebuilt {len(cache.damaged)} damaged corrupted set(s) in {cache.folder}")
     return report
