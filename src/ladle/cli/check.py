@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ladle.errors import LadleError
+    from ladle.io.lora import is_adapter
     from ladle.soup.check import check, format_report
 
     if not args.predict:
@@ -31,6 +32,9 @@ def run(args) -> int:
                 raise LadleError(f"check: --{flag} belongs to --predict (will two checkpoints soup?)")
     elif len(args.ingredients) != 2:
         raise LadleError(f"check --predict: give two checkpoints, got {len(args.ingredients)}")
+    elif any(is_adapter(p) for p in args.ingredients):
+        raise LadleError("check --predict compares two full checkpoints, not LoRA adapters (drop --predict)",
+                         file=next(p for p in args.ingredients if is_adapter(p)))
     if args.examples < 1:
         raise LadleError(f"check: --examples must be at least 1, got {args.examples}")
     report = check(args.ingredients, base=args.base, include=args.include or (), exclude=args.exclude or (),

@@ -96,8 +96,14 @@ def _describe(ing: Ingredient, keys: list[str]) -> dict:
     }
 
 
-def check(ingredients, base=None, include=(), exclude=(), progress: bool = False) -> CheckReport:
-    """Preflight report over ingredients (paths, state dicts, modules or opened `Ingredient`s)."""
+def check(ingredients, base=None, include=(), exclude=(), progress: bool = False):
+    """Preflight report over ingredients (paths, state dicts, modules or opened `Ingredient`s), or over LoRA
+    adapter folders (`adapter_check`: ranks, scalings, modules, cosines of the updates)."""
+    from ladle.soup.adapter_check import all_adapters, check_adapters
+
+    ingredients = list(ingredients)
+    if all_adapters(ingredients, base):
+        return check_adapters(ingredients, base, include, exclude, progress)
     return check_opened(open_ingredients(list(ingredients)), open_ingredient(base) if base is not None else None,
                         include, exclude, progress)
 
@@ -251,8 +257,12 @@ def _rounded(m: np.ndarray) -> list[list[float]]:
     return [[round(float(v), 6) for v in row] for row in m]
 
 
-def format_report(report: CheckReport) -> str:
+def format_report(report) -> str:
     """The human-readable check report."""
+    from ladle.soup.adapter_check import AdapterCheckReport, format_adapter_report
+
+    if isinstance(report, AdapterCheckReport):
+        return format_adapter_report(report)
     lines = []
     rows = report.ingredients + ([dict(report.base, name=report.base["name"] + "  (base)")] if report.base else [])
     for i, r in enumerate(rows):

@@ -82,6 +82,18 @@ def factor_inner(a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray)
     return float(np.sum(left * right.T))
 
 
+def factor_gram(updates: list[tuple[np.ndarray, np.ndarray] | None]) -> np.ndarray:
+    """The Gram matrix ⟨BᵢAᵢ, BⱼAⱼ⟩_F (float64) of updates given as (A, B) factors, by `factor_inner`; None is no
+    update (a zero row and column)."""
+    n = len(updates)
+    gram = np.zeros((n, n))
+    for i, p in enumerate(updates):
+        for j in range(i, n):
+            if p is not None and updates[j] is not None:
+                gram[i, j] = gram[j, i] = factor_inner(*p, *updates[j])
+    return gram
+
+
 def _orthonormal(y: np.ndarray) -> np.ndarray:
     return np.linalg.qr(y)[0]
 
