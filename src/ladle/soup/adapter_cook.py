@@ -22,12 +22,9 @@ from ladle.soup.adapters import (AdapterMix, UpdatedModel, adapter_config, cast,
 from ladle.soup.check import select_keys
 from ladle.soup.recipes import BASE_NONE
 
-NOT_HASHED = "not hashed"
-
-
 def cook_adapters(spec, sources: list, *, out, options: dict, params: dict, scorer=None, progress: bool = False):
     """`cook` when LoRA adapters are among the ingredients (see ladle.soup.adapters for what is computed)."""
-    from ladle.soup.cook import ACCUMULATORS, Soup, parse_dtype, reproduce_command
+    from ladle.soup.record import ACCUMULATORS, Soup, parse_dtype, reproduce_command
 
     base_path = _base_path(options)
     if options["encoder_only"]:
@@ -238,7 +235,7 @@ def _write_merged(mix: AdapterMix, base, keys, out, out_dtype, options, progress
 
 
 def _manifest(spec, params, plan, ups, base, digests, keys, options, merged, rank, mix) -> dict:
-    from ladle.soup.cook import _versions, describe_ingredient
+    from ladle.soup.record import describe_ingredient, versions
 
     errors = {k: round(v, 8) for k, v in mix.errors.items()}
     worst = max(errors.items(), key=lambda kv: kv[1]) if errors else None
@@ -262,7 +259,7 @@ def _manifest(spec, params, plan, ups, base, digests, keys, options, merged, ran
         "dtype_policy": {"accumulate": options["accumulate"], "output": options["dtype"] or "same as the inputs"},
         "trace": plan.trace(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(spec.needs_scorer),
+        "versions": versions(spec.needs_scorer),
     }
 
 

@@ -323,7 +323,7 @@ def stored_key(module, factor: str) -> str:
 
 
 def describe_updates(up: Updates, digests: dict[str, str]) -> dict:
-    from ladle.soup.cook import describe_ingredient
+    from ladle.soup.record import describe_ingredient
 
     entry = describe_ingredient(up, digests)
     if up.adapter is not None:
