@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import ladle
-from ladle.soup.check import format_report, select_keys
+from ladle.soup.check import format_report
+from ladle.soup.check_parts import select_keys
 from conftest import sha256_of, tensor
 
 check_mod = importlib.import_module("ladle.soup.check")

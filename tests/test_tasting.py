@@ -283,7 +283,7 @@ def test_a_stopped_evaluation_in_the_store_is_finished_when_a_lower_bar_asks_for
 
     from ladle.io.checkpoints import open_ingredients
     from ladle.results.store import ResultStore
-    from ladle.soup.check import select_keys
+    from ladle.soup.check_parts import select_keys
 
     (good0, _), harmful = ingredients
     paths = []

@@ -8,7 +8,6 @@ adapter lacks is a zero update there: it adds nothing to the inner products, its
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 from collections import Counter
@@ -22,9 +21,9 @@ from ladle.io.checkpoints import open_ingredient
 from ladle.io.lora import ADAPTER_CONFIG, LoraAdapter, is_adapter
 from ladle.progress import progress_bar
 from ladle.soup import lowrank
+from ladle.soup.check_parts import describe, mark_unknown, matrix, rounded, select_keys, where
 from ladle.soup.mixing import pairwise_cosine
 
-# (ladle.soup.check dispatches here, so nothing is imported from it: its few report helpers have twins below)
 
 
 @dataclass
@@ -72,11 +71,11 @@ def check_adapters(sources, base=None, include=(), exclude=(), progress: bool = 
     """Preflight of LoRA adapters (folders or `LoraAdapter`s), with the base they apply to if given."""
     adapters = [s if isinstance(s, LoraAdapter) else LoraAdapter(s) for s in sources]
     base = open_ingredient(base) if base is not None else None
-    chosen = [_select(a.keys(), include, exclude) for a in adapters]
+    chosen = [select_keys(a.keys(), include, exclude) for a in adapters]
     keys = list(dict.fromkeys(k for c in chosen for k in c))
     modules = [k for k in keys if any(k in a.modules for a in adapters)]
     report = AdapterCheckReport([_describe_adapter(a, c) for a, c in zip(adapters, chosen)],
-                                _describe(base, _select(base.keys(), include, exclude)) if base else None,
+                                describe(base, select_keys(base.keys(), include, exclude)) if base else None,
                                 len(modules))
     if not modules:
         report.problems.append({"kind": "empty", "file": adapters[0].name, "key": None,
@@ -111,11 +110,11 @@ def check_adapters(sources, base=None, include=(), exclude=(), progress: bool = 
                 unknown.add(i)
                 report.warnings.append({"kind": "nonfinite", "file": adapters[i].name, "key": key,
                                         "message": "holds NaN or Inf values"})
-        report.module_cosine[key] = _rounded(_mark_unknown(pairwise_cosine(g), absent))
+        report.module_cosine[key] = rounded(mark_unknown(pairwise_cosine(g), absent))
     norms = np.sqrt(np.maximum(np.diagonal(gram), 0))
     norms[sorted(unknown)] = math.nan
     report.update_norms = [round(float(v), 6) for v in norms]
-    report.update_cosine = _rounded(_mark_unknown(pairwise_cosine(gram), sorted(unknown)))
+    report.update_cosine = rounded(mark_unknown(pairwise_cosine(gram), sorted(unknown)))
     return report
 
 
@@ -156,7 +155,7 @@ def _shape_problems(adapters: list[LoraAdapter], keys: list[str], base, problems
 
 
 def _describe_adapter(a: LoraAdapter, keys: list[str]) -> dict:
-    entry = {**_describe(a.weights, a.weights.keys()), "name": a.name, "notes": a.notes}
+    entry = {**describe(a.weights, a.weights.keys()), "name": a.name, "notes": a.notes}
     mods = [a.modules[k] for k in keys if k in a.modules]
     r, alpha, rslora = a.config["r"], a.config["lora_alpha"], bool(a.config.get("use_rslora"))
     entry["adapter"] = {
@@ -181,30 +180,6 @@ def _compact(keys: list[str], limit: int = 6) -> str:
     groups = Counter(_fold(k) for k in keys)
     shown = [f"{g} (×{c})" if c > 1 else g for g, c in list(groups.items())[:limit]]
     return ", ".join(shown) + (f", … ({len(groups) - limit} more)" if len(groups) > limit else "")
-
-
-def _describe(ing, keys: list[str]) -> dict:
-    infos = [ing.info(k) for k in keys]
-    return {"name": ing.name, "tensors": len(keys), "parameters": sum(i.numel for i in infos),
-            "bytes": sum(i.nbytes for i in infos), "dtypes": dict(Counter(i.dtype for i in infos)), "notes": ing.notes}
-
-
-def _select(keys: list[str], include=(), exclude=()) -> list[str]:
-    """check.select_keys: keys matching any include glob (all if none) and no exclude glob."""
-    return [k for k in keys if (not include or any(fnmatch.fnmatchcase(k, p) for p in include))
-            and not any(fnmatch.fnmatchcase(k, p) for p in exclude)]
-
-
-def _mark_unknown(m: np.ndarray, rows: list[int]) -> np.ndarray:
-    """NaN (null in JSON) in the rows and columns of `rows`."""
-    m = m.copy()
-    m[rows, :] = math.nan
-    m[:, rows] = math.nan
-    return m
-
-
-def _rounded(m: np.ndarray) -> list[list[float]]:
-    return [[round(float(v), 6) for v in row] for row in m]
 
 
 def _sorted(value):
@@ -244,20 +219,10 @@ def format_adapter_report(report: AdapterCheckReport) -> str:
                      ", ".join(f"[{i}] {v:.4g}" for i, v in enumerate(report.update_norms)))
         if len(report.ingredients) > 1:
             lines.append("update cosine similarity ⟨ΔWᵢ, ΔWⱼ⟩ / ‖ΔWᵢ‖‖ΔWⱼ‖ (all modules, from the factors):")
-            lines += _matrix(report.update_cosine)
+            lines += matrix(report.update_cosine)
     for w in report.warnings:
-        lines.append("warning: " + _where(w) + w["message"])
+        lines.append("warning: " + where(w) + w["message"])
     for p in report.problems:
-        lines.append("problem: " + _where(p) + p["message"])
+        lines.append("problem: " + where(p) + p["message"])
     lines.append("OK: these adapters can be souped" if report.ok else f"NOT SOUPABLE: {len(report.problems)} problem(s)")
     return "\n".join(lines)
-
-
-def _where(item: dict) -> str:
-    parts = [p for p in (item.get("file"), f"tensor '{item['key']}'" if item.get("key") else None) if p]
-    return ": ".join(parts) + ": " if parts else ""
-
-
-def _matrix(m: list[list[float]]) -> list[str]:
-    head = "       " + "".join(f"{f'[{j}]':>9}" for j in range(len(m)))
-    return [head] + [f"  [{i}]  " + "".join(f"{v:9.4f}" for v in row) for i, row in enumerate(m)]

@@ -19,7 +19,7 @@ from ladle.io.writer import SoupWriter, check_destination, is_file_output
 from ladle.progress import progress_bar
 from ladle.soup.adapters import (AdapterMix, UpdatedModel, adapter_config, cast, check_bases, check_fits,
                                  describe_updates, missing_modules, module_keys, open_updates, stored_key, weights_for)
-from ladle.soup.check import select_keys
+from ladle.soup.check_parts import select_keys
 from ladle.soup.recipes import BASE_NONE
 
 def cook_adapters(spec, sources: list, *, out, options: dict, params: dict, scorer=None, progress: bool = False):

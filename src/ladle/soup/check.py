@@ -6,9 +6,7 @@ every tensor once, key by key and block by block, for non-finite values, bitwise
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -17,19 +15,10 @@ import numpy as np
 from ladle.progress import progress_bar
 from ladle.io.checkpoints import Ingredient, open_ingredient, open_ingredients
 from ladle.io.dtypes import is_float
+from ladle.soup.check_parts import describe, mark_unknown, matrix, rounded, select_keys, where
 from ladle.soup.mixing import pairwise_cosine
 
 CHUNK = 1 << 17  # elements per ingredient per step of the distance pass: float64 blocks that stay in cache
-
-
-def select_keys(keys: list[str], include: list[str] | tuple = (), exclude: list[str] | tuple = ()) -> list[str]:
-    """Keys matching any include glob (all if none) and no exclude glob, in their stored order."""
-    return [
-        k
-        for k in keys
-        if (not include or any(fnmatch.fnmatchcase(k, p) for p in include))
-        and not any(fnmatch.fnmatchcase(k, p) for p in exclude)
-    ]
 
 
 @dataclass
@@ -84,18 +73,6 @@ class CheckReport:
         return {"ok": self.ok, **asdict(self)}
 
 
-def _describe(ing: Ingredient, keys: list[str]) -> dict:
-    infos = [ing.info(k) for k in keys]
-    return {
-        "name": ing.name,
-        "tensors": len(keys),
-        "parameters": sum(i.numel for i in infos),
-        "bytes": sum(i.nbytes for i in infos),
-        "dtypes": dict(Counter(i.dtype for i in infos)),
-        "notes": ing.notes,
-    }
-
-
 def check(ingredients, base=None, include=(), exclude=(), progress: bool = False):
     """Preflight report over ingredients (paths, state dicts, modules or opened `Ingredient`s), or over LoRA
     adapter folders (`adapter_check`: ranks, scalings, modules, cosines of the updates)."""
@@ -114,8 +91,8 @@ def check_opened(
     """Read every selected tensor once and report what would stop or spoil a soup."""
     keys = select_keys(ingredients[0].keys(), include, exclude)
     everyone = ingredients + ([base] if base is not None else [])
-    report = CheckReport([_describe(i, select_keys(i.keys(), include, exclude)) for i in ingredients],
-                         _describe(base, select_keys(base.keys(), include, exclude)) if base else None, len(keys))
+    report = CheckReport([describe(i, select_keys(i.keys(), include, exclude)) for i in ingredients],
+                         describe(base, select_keys(base.keys(), include, exclude)) if base else None, len(keys))
     if not keys:
         report.problems.append({"kind": "empty", "file": ingredients[0].name, "key": None,
                                 "message": "no tensors selected (check --include/--exclude)"})
@@ -187,12 +164,12 @@ def check_opened(
     if base is not None:
         norms[unknown] = math.nan
         report.task_vector_norms = [round(float(v), 6) for v in norms]
-        report.task_vector_cosine = _rounded(_mark_unknown(pairwise_cosine(gram), unknown))
+        report.task_vector_cosine = rounded(mark_unknown(pairwise_cosine(gram), unknown))
     else:
         mean_norm = (norms[:, None] + norms[None, :]) / 2
         with np.errstate(invalid="ignore"):  # non-finite ingredients: marked unknown below
             rel = np.where(mean_norm > 0, np.sqrt(sqdist) / np.maximum(mean_norm, 1e-300), 0.0)
-        report.relative_l2 = _rounded(_mark_unknown(rel, unknown))
+        report.relative_l2 = rounded(mark_unknown(rel, unknown))
     return report
 
 
@@ -245,18 +222,6 @@ def _file_digests(ingredients: list[Ingredient]) -> list[str | None]:
     return [checkpoint_sha256(ing.files) if ing.files else None for ing in ingredients]
 
 
-def _mark_unknown(m: np.ndarray, rows: list[int]) -> np.ndarray:
-    """NaN (null in JSON) for ingredients with non-finite values, whose distances mean nothing."""
-    m = m.copy()
-    m[rows, :] = math.nan
-    m[:, rows] = math.nan
-    return m
-
-
-def _rounded(m: np.ndarray) -> list[list[float]]:
-    return [[round(float(v), 6) for v in row] for row in m]
-
-
 def format_report(report) -> str:
     """The human-readable check report."""
     from ladle.soup.adapter_check import AdapterCheckReport, format_adapter_report
@@ -278,24 +243,14 @@ def format_report(report) -> str:
     if report.task_vector_norms is not None:
         lines.append("task-vector norms ‖θᵢ − θ_base‖: " + ", ".join(f"[{i}] {v:.4g}" for i, v in enumerate(report.task_vector_norms)))
         lines.append("task-vector cosine similarity:")
-        lines += _matrix(report.task_vector_cosine)
+        lines += matrix(report.task_vector_cosine)
     if report.relative_l2 is not None and len(report.ingredients) > 1:
         lines.append("relative L2 distance ‖θᵢ − θⱼ‖ / mean(‖θᵢ‖, ‖θⱼ‖):")
-        lines += _matrix(report.relative_l2)
+        lines += matrix(report.relative_l2)
     for w in report.warnings:
-        lines.append("warning: " + _where(w) + w["message"])
+        lines.append("warning: " + where(w) + w["message"])
     for p in report.problems:
-        lines.append("problem: " + _where(p) + p["message"])
+        lines.append("problem: " + where(p) + p["message"])
     lines.append("OK: these ingredients can be souped" if report.ok else
                  f"NOT SOUPABLE: {len(report.problems)} problem(s)")
     return "\n".join(lines)
-
-
-def _where(item: dict) -> str:
-    parts = [p for p in (item.get("file"), f"tensor '{item['key']}'" if item.get("key") else None) if p]
-    return ": ".join(parts) + ": " if parts else ""
-
-
-def _matrix(m: list[list[float]]) -> list[str]:
-    head = "       " + "".join(f"{f'[{j}]':>9}" for j in range(len(m)))
-    return [head] + [f"  [{i}]  " + "".join(f"{v:9.4f}" for v in row) for i, row in enumerate(m)]

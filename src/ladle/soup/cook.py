@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ladle.progress import progress_bar
-from ladle.soup.check import find_mismatches, select_keys
+from ladle.soup.check import find_mismatches
+from ladle.soup.check_parts import select_keys
 from ladle.io.checkpoints import TensorInfo, open_ingredient
 from ladle.io.dtypes import is_float, to_torch
 from ladle.errors import LadleError

@@ -83,7 +83,7 @@ def _interpolation_curve(ev, i: int, j: int, paths, splits, steps: int):
     """Accuracy of (1−α)·A + α·B for α on a grid: the linear path between two ingredients."""
     taster = Taster(ev, "heldout")
     from ladle.io.checkpoints import open_ingredients
-    from ladle.soup.check import select_keys
+    from ladle.soup.check_parts import select_keys
 
     ings = open_ingredients(paths)
     taster.bind(ings, select_keys(ings[0].keys()))
