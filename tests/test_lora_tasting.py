@@ -118,3 +118,51 @@ def test_taste_of_adapters_and_their_soup_on_the_base(text_kitchen, tmp_path):
     soup_accuracy = peft_accuracy(base, tmp_path / "uniform", data.examples.texts, data.y)
     assert rows[str(tmp_path / "uniform")]["metrics"][split]["accuracy"] == pytest.approx(soup_accuracy, abs=1e-12)
     assert rows["uniform soup"]["metrics"][split]["accuracy"] == pytest.approx(soup_accuracy, abs=1e-12)
+
+
+def test_adapters_of_a_hugging_face_vision_model_whose_file_names_differ_from_its_modules(tmp_path):
+    """transformers 5 writes ViT's tensors under old names (encoder.layer.0.attention.attention.query) while its
+    modules, and so PEFT's adapters, use new ones (layers.0.attention.q_proj): tasting, greedy and --merge-into
+    go through the renaming both ways."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors import safe_open
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
+                                              num_attention_heads=2, intermediate_size=32, num_labels=10))
+    vit.save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    with safe_open(tmp_path / "vit" / "model.safetensors", "pt") as f:
+        on_disk = set(f.keys())
+    assert not on_disk & {k for k in vit.state_dict() if "q_proj" in k}  # the names differ (else this tests nothing)
+    adapters = []
+    for i in range(2):
+        peft = get_peft_model(ViTForImageClassification.from_pretrained(tmp_path / "vit"),
+                              LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]))
+        generator = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for name, p in peft.named_parameters():
+                if "lora_" in name or "modules_to_save" in name:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+        peft.save_pretrained(tmp_path / f"ad{i}")
+        adapters.append(tmp_path / f"ad{i}")
+    scorer = make_scorer(str(tmp_path / "vit"), ["digits"], workers=0, split="heldout")
+    soup = ladle.cook("greedy", [str(a) for a in adapters], base=str(tmp_path / "vit"), out=tmp_path / "greedy",
+                      scorer=scorer)
+    data = scorer.evaluator.indexable(scorer.split)
+    x, y = scorer.evaluator.normalise(data.x), data.y
+    for step in soup.manifest["trace"]["greedy"]["steps"]:
+        peft = PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(tmp_path / "vit"), step["candidate"])
+        with torch.inference_mode():
+            accuracy = (peft.eval()(pixel_values=x).logits.argmax(1) == y).double().mean().item()
+        assert step["ingredient_score"] == pytest.approx(accuracy, abs=1e-12)
+    ladle.cook("uniform", [str(a) for a in adapters], merge_into=str(tmp_path / "vit"), out=tmp_path / "merged")
+    with safe_open(tmp_path / "merged" / "model.safetensors", "pt") as f:
+        assert set(f.keys()) == on_disk  # written under the file's own names
+    merged = ViTForImageClassification.from_pretrained(tmp_path / "merged").eval()
+    ladle.cook("uniform", [str(a) for a in adapters], out=tmp_path / "exact")
+    exact = PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(tmp_path / "vit"), tmp_path / "exact")
+    with torch.inference_mode():
+        torch.testing.assert_close(merged(pixel_values=x[:8]).logits, exact.eval()(pixel_values=x[:8]).logits,
+                                   rtol=1e-4, atol=1e-5)

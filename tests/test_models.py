@@ -13,7 +13,7 @@ from torch import nn
 from ladle.data import load_data
 from ladle.errors import LadleError
 from ladle.evaluation.evaluator import Evaluator
-from ladle.models import BUILTIN_STOCK, Logits, build_model, load_weights, model_spec, tiny_cnn
+from ladle.models import BUILTIN_STOCK, build_model, load_weights, model_spec, tiny_cnn
 
 EGYPTIAN_CAT = 285
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -195,15 +195,23 @@ def test_hf_directory_without_transformers(tmp_path):
 
 def test_hf_directory_builds_offline(tmp_path):
     transformers = pytest.importorskip("transformers")
+    from ladle.models.hf_names import CheckpointNamed
+
     config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1,
                                     num_attention_heads=2, intermediate_size=16, num_labels=3)
     config.save_pretrained(tmp_path)
     model = build_model(str(tmp_path), 3).eval()
-    assert isinstance(model, Logits)
+    assert isinstance(model, CheckpointNamed)
     with torch.no_grad():
         out = model(torch.zeros(2, 3, 16, 16))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
-    assert set(model.state_dict()) == set(model.model.state_dict())  # keys as the inner model names them
+    model.model.save_pretrained(tmp_path / "saved")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "saved" / "model.safetensors", "pt") as f:
+        assert set(model.state_dict()) == set(f.keys())  # keys as transformers writes them to disk
+    model.load_state_dict({k: torch.zeros_like(v) for k, v in model.state_dict().items()})  # and reads them back
+    assert all(not v.any() for v in model.model.state_dict().values())
     with pytest.raises(LadleError, match="3 labels, --num-classes is 5"):
         build_model(str(tmp_path), 5)
 
@@ -216,7 +224,7 @@ def test_hf_directory_with_weights_loads_them(tmp_path):
     saved.save_pretrained(tmp_path)
     model = build_model(str(tmp_path), 3)
     for k, v in saved.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
+        assert torch.equal(model.model.state_dict()[k], v), k
 
 
 # --------------------------------------------------------------------------------------- load_weights

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from torch.func import functional_call
 
 from ladle.errors import LadleError
 from ladle.data.text import model_inputs
 from ladle.evaluation.evaluator import Evaluator, Metrics, channels_last
 from ladle.models.encoder import embed, head_keys
+from ladle.models.hf_names import call_with_state
 from ladle.io.dtypes import to_torch
 from ladle.soup.stream import mix_stream
 
@@ -110,10 +110,10 @@ class Taster:
         self._needs_head()
         model = self.evaluator.model.eval()
         if isinstance(x, dict):  # a text batch: the model's inputs by name, its outputs read as the split reads them
-            out = functional_call(model, state, (), model_inputs(x))
+            out = call_with_state(model, state, (), model_inputs(x))
             data = self.evaluator.splits[self.split]
             return data.readout(out.logits if hasattr(out, "logits") else out, x)
-        out = functional_call(model, state, (channels_last(x),))
+        out = call_with_state(model, state, (channels_last(x),))
         return out.logits if hasattr(out, "logits") else out
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, temperature=1.0) -> torch.Tensor:
@@ -127,8 +127,8 @@ class Taster:
         """Embeddings (the classifier's input) of the model with `state` in place of its tensors (with gradients)."""
         model = self.evaluator.model.eval()
         if isinstance(x, dict):  # a text batch goes in by name
-            return embed(model, x, call=lambda inputs: functional_call(model, state, (), model_inputs(inputs)))
-        return embed(model, channels_last(x), call=lambda inputs: functional_call(model, state, (inputs,)))
+            return embed(model, x, call=lambda inputs: call_with_state(model, state, (), model_inputs(inputs)))
+        return embed(model, channels_last(x), call=lambda inputs: call_with_state(model, state, (inputs,)))
 
     def batches(self, batch_size: int, generator: torch.Generator):
         """One epoch of (inputs, labels) of the split in a seeded random order, on the device."""

@@ -158,6 +158,13 @@ class LoraAdapter:
         scaling = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
         return LoraModule(name, kind, a_key, b_key, rank, alpha, scaling, transposed, tuple(shape))
 
+    def rename(self, names: dict[str, str]) -> None:
+        """Key modules and whole tensors by the base file's names (`names`: the model's key -> the file's), where
+        transformers writes a module under another name than PEFT, which names it as the model does."""
+        self.modules = {names.get(k, k): m for k, m in self.modules.items()}
+        self.full = {names.get(k, k): v for k, v in self.full.items()}
+        self.base_copies = {names.get(k, k): v for k, v in self.base_copies.items()}
+
     def factors(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(A, s·B) as 2-D float32 arrays (r × fan_in, fan_out × r): ΔW, in LoRA's layout, is their product."""
         m = self.modules[key]

@@ -73,24 +73,6 @@ def model_kind(spec: str) -> ModelKind:
     raise LadleError(f"model: unknown spec '{spec}' (use {BUILTIN_STOCK}, timm:NAME, an HF directory or package.module:function)")
 
 
-class Logits(nn.Module):
-    """Wraps a model whose forward returns an object with `.logits` (Hugging Face) so it returns the tensor."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        out = self.model(x)
-        return out.logits if hasattr(out, "logits") else out
-
-    def state_dict(self, *args, **kwargs):  # keys as the inner model names them
-        return self.model.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state, strict=True, assign=False):
-        return self.model.load_state_dict(state, strict=strict, assign=assign)
-
-
 def model_spec(spec: str, num_classes: int | None = None, image_size: int | None = None,
                max_length: int | None = None) -> ModelSpec:
     """A spec with the model's own preprocessing (timm's data config, an HF preprocessor_config.json, a text
@@ -211,7 +193,9 @@ def _hf_directory(path: Path, num_classes: int | None) -> nn.Module:
                  if has_weights else AutoModelForImageClassification.from_config(config))
     except (OSError, ValueError) as e:
         raise LadleError(f"model: cannot build AutoModelForImageClassification: {str(e).splitlines()[0]}", file=path) from None
-    return Logits(model)
+    from ladle.models.hf_names import CheckpointNamed
+
+    return CheckpointNamed(model)  # state in and out under the file's names (transformers 5 renames some modules)
 
 
 def _factory(spec: str, num_classes: int | None) -> nn.Module:

@@ -69,7 +69,9 @@ def all_adapters(ingredients: list, base=None) -> bool:
 
 def check_adapters(sources, base=None, include=(), exclude=(), progress: bool = False) -> AdapterCheckReport:
     """Preflight of LoRA adapters (folders or `LoraAdapter`s), with the base they apply to if given."""
-    adapters = [s if isinstance(s, LoraAdapter) else LoraAdapter(s) for s in sources]
+    from ladle.soup.adapters import open_updates
+
+    adapters = [s if isinstance(s, LoraAdapter) else open_updates(s, base).adapter for s in sources]
     base = open_ingredient(base) if base is not None else None
     chosen = [select_keys(a.keys(), include, exclude) for a in adapters]
     keys = list(dict.fromkeys(k for c in chosen for k in c))

@@ -32,7 +32,7 @@ def cook_adapters(spec, sources: list, *, out, options: dict, params: dict, scor
     rank = options["rank"]
     if rank is not None and rank < 1:
         raise LadleError(f"rank: must be at least 1, got {rank}")
-    ups = [open_updates(s) for s in sources]
+    ups = [open_updates(s, base_path) for s in sources]
     full = [up for up in ups if up.checkpoint is not None]
     if full and base_path is None:
         raise LadleError("a full checkpoint souped with adapters needs the base they share (--base): each adapter "

@@ -61,11 +61,16 @@ class Updates:
         return whole.astype(accumulate) - base.array(key).astype(accumulate)
 
 
-def open_updates(source) -> Updates:
+def open_updates(source, base=None) -> Updates:
+    """An adapter or a full checkpoint; an adapter of a Hugging Face folder `base` keyed by the base file's names."""
     if isinstance(source, Updates):
         return source
     if is_adapter(source):
         adapter = LoraAdapter(source)
+        if isinstance(base, (str, Path)) and (Path(base) / "config.json").is_file():
+            from ladle.models.hf_names import folder_checkpoint_names
+
+            adapter.rename(folder_checkpoint_names(str(base)))
         return Updates(adapter.name, adapter=adapter, files=adapter.files, notes=adapter.notes)
     checkpoint = open_ingredient(source)
     return Updates(checkpoint.name, checkpoint=checkpoint, files=checkpoint.files, notes=checkpoint.notes)

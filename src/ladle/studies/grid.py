@@ -159,13 +159,13 @@ def split_scores(context: Context, states: list[dict]) -> list[dict[str, tuple[f
 def _batched_logits(ev, states: list[dict], split: str):
     """Logits (K, n, classes) of K states on a split, in one vmapped pass per batch of images."""
     import torch
-    from torch.func import functional_call
+    from ladle.models.hf_names import call_with_state
 
     model = ev.model.eval()
     stacked = {k: torch.stack([s[k] for s in states]).to(ev.device) for k in states[0]}
 
     def forward(weights, x):
-        return functional_call(model, weights, (x,))
+        return call_with_state(model, weights, (x,))
 
     batched = torch.vmap(forward, in_dims=(0, None))
     parts = []

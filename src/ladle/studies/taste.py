@@ -111,7 +111,7 @@ def is_soup(path) -> bool:
     return bool(manifest and manifest.get("recipe"))
 
 
-def _open_tasted(ckpt, base):
+def _open_tasted(ckpt, base_path, base):
     """A checkpoint as a lazy ingredient; a LoRA adapter as its base with its update (`base` required)."""
     from ladle.io.lora import is_adapter
 
@@ -121,7 +121,7 @@ def _open_tasted(ckpt, base):
         raise LadleError("a LoRA adapter is tasted on the model it updates: give it with --base", file=ckpt)
     from ladle.soup.adapters import UpdatedModel, check_fits, open_updates
 
-    updates = open_updates(ckpt)
+    updates = open_updates(ckpt, base_path)
     check_fits([updates], base)
     return UpdatedModel(base, updates)
 
@@ -171,7 +171,7 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
     soups = []
     base_ing = open_ingredient(base) if base is not None else None
     for ckpt in checkpoints:
-        ing = _open_tasted(ckpt, base_ing)
+        ing = _open_tasted(ckpt, base, base_ing)
         if is_soup(ckpt):
             soups.append((ing.name, ing))
             keys[ing.name] = key([file_hashes(ing.files)], [1.0], list(ing.keys()))
@@ -187,10 +187,14 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
     if uniform and len(ingredients) > 1:
         n = len(ingredients)
         keys["uniform soup"] = key([hashes[i] for i in ingredient_names], [1 / n] * n, list(ingredients[0].keys()))
-        if base_ing is not None:  # adapters: base + mean update, the base's other tensors as they are
-            from ladle.soup.adapters import updated_soup_state
+        from ladle.soup.adapters import UpdatedModel, updated_soup_state
 
+        adapted = [isinstance(i, UpdatedModel) for i in ingredients]
+        if all(adapted):  # adapters: base + mean update, the base's other tensors as they are
             soups.insert(0, ("uniform soup", updated_soup_state(ingredients, [1 / n] * n, list(base_ing.keys()))))
+        elif any(adapted):
+            raise LadleError("taste: LoRA adapters and full checkpoints have no uniform soup together (cook one with "
+                             "--base, or pass --no-uniform)")
         else:
             soups.insert(0, ("uniform soup", cook("uniform", ingredients).state_dict))  # streamed: one model in memory
     for name, soup in soups:
@@ -256,9 +260,8 @@ def knn_rows(checkpoints: list, spec: ModelSpec, splits: dict, bank, *, uniform:
         return {k: ing.get(k) for k in ing.keys() if k not in heads}  # lazily read; heads are not read
 
     rows, ingredients, ingredient_probs, soups = [], [], [], []
-    base_ing = open_ingredient(base) if base is not None else None
     for ckpt in checkpoints:
-        ing = _open_tasted(ckpt, base_ing)
+        ing = open_ingredient(ckpt)
         if is_soup(ckpt):
             soups.append((ing.name, ing))
             continue
@@ -366,6 +369,8 @@ def taste_specs(checkpoints: list, *, tasting: TastingSpec | None = None, bn: st
             alexnet_baseline(suite.cells())
     resolved = resolve(tasting, "test", recalibrate=bn in ("recalibrate", "all"), progress=progress)
     bank = None
+    if readout == "knn" and base is not None:
+        raise LadleError("taste: --readout knn reads full checkpoints; LoRA adapters (--base) are read by their head")
     if readout == "knn":  # the bank: labelled images, by default the train split of the first data source
         from ladle.data import parse_spec
 
