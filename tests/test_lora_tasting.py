@@ -166,3 +166,37 @@ def test_adapters_of_a_hugging_face_vision_model_whose_file_names_differ_from_it
     with torch.inference_mode():
         torch.testing.assert_close(merged(pixel_values=x[:8]).logits, exact.eval()(pixel_values=x[:8]).logits,
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_grid_over_adapters_soups_their_updates_on_the_base(text_kitchen, tmp_path):
+    from ladle.results.store import ResultStore
+    from ladle.studies.grid import GridSettings, run_grid
+
+    base, adapters, csv = text_kitchen
+    pair = [str(a) for a in adapters[:2]]
+    settings = GridSettings(model=str(base), data=f"{csv}:test", workers=0)
+    result = run_grid(pair, settings, db=tmp_path / "grid.sqlite", base=str(base), executor="local:1")
+    scorer = make_scorer(str(base), [f"{csv}:test"], workers=0, split="test")
+    data = scorer.evaluator.splits[scorer.split]
+    with ResultStore(tmp_path / "grid.sqlite") as store:
+        models = {r["path"]: r for r in store.grid_models(result.grid)}
+        (soup,) = store.grid_soups(result.grid)
+        measures = store.grid_measures(result.grid)
+    for a in pair:
+        assert models[a]["accuracy"] == pytest.approx(100 * peft_accuracy(base, a, data.examples.texts, data.y), abs=1e-9)
+    ladle.cook("uniform", pair, out=tmp_path / "pair")  # the exact adapter of the α = 0.5 soup
+    assert soup["accuracy"] == pytest.approx(100 * peft_accuracy(base, tmp_path / "pair", data.examples.texts, data.y),
+                                             abs=1e-9)
+    assert "task_cosine" in measures[0]["measures"]  # the base is the stock: task vectors are the updates
+
+
+def test_season_over_adapters_chooses_the_weights_whose_soup_scores_best_on_the_shots(text_kitchen, tmp_path):
+    base, adapters, csv = text_kitchen
+    pair = [str(a) for a in adapters[:2]]
+    scorer = make_scorer(str(base), [f"{csv}:test"], workers=0, split="test")
+    soup = ladle.cook("season", pair, base=str(base), out=tmp_path / "seasoned", scorer=scorer, shots=12, grid=4)
+    chosen = soup.manifest["trace"]["season"]["chosen"]
+    assert soup.manifest["weights"] == chosen["weights"] and sum(chosen["weights"]) == pytest.approx(1.0)
+    shots = scorer.evaluator.splits[scorer.split]  # the shots it searched on
+    assert peft_accuracy(base, tmp_path / "seasoned", shots.examples.texts, shots.y) == pytest.approx(
+        chosen["accuracy"], abs=1e-12)

@@ -26,16 +26,16 @@ def pair_measures(a, b, *, base=None, tasting=None, examples: int = 300, **field
     model=…, data=… — gives a model and one data split, default split heldout)."""
     from ladle.spec import TastingSpec
     from ladle.evaluation.similarity import pairwise_from_gram, prediction_measures
-    from ladle.io.checkpoints import open_ingredient
+    from ladle.soup.adapters import open_on_base
 
     paths = [str(a), str(b)]
-    exclude = {k for k in open_ingredient(paths[0]).keys() if BN_STATISTICS.search(k)}
+    exclude = {k for k in open_on_base(paths[0], base).keys() if BN_STATISTICS.search(k)}
     evaluator, split = None, None
     if tasting is None and (fields.get("model") or fields.get("data")):
         data = fields.get("data")
         tasting = TastingSpec.from_fields(fields | ({"data": [data]} if isinstance(data, str) else {}))
     if tasting is not None:
-        tasting = tasting.with_default_model(paths)
+        tasting = tasting.with_default_model([base, *paths] if base is not None else paths)
         if not tasting.model or len(tasting.data) != 1:
             raise LadleError("check --predict: the prediction measures need both --model and --data (one split)")
         evaluator, split = _evaluator(tasting)
@@ -46,7 +46,7 @@ def pair_measures(a, b, *, base=None, tasting=None, examples: int = 300, **field
     if task is not None:
         out["task_cosine"] = float(pairwise_from_gram(task)[1][0, 1])
     if evaluator is not None:
-        (la, lb), (fa, fb) = model_outputs(evaluator, split, paths, examples)
+        (la, lb), (fa, fb) = model_outputs(evaluator, split, paths, examples, base=base)
         out.update(prediction_measures(la, lb, fa, fb))
     return out
 
@@ -63,9 +63,10 @@ def weight_grams(paths: list[str], exclude: set[str], *, base=None, chunk: int =
     task vectors when a base is given; streamed tensor by tensor, `chunk` elements at a time (memory: N × chunk)."""
     import torch
 
-    from ladle.io.checkpoints import open_ingredient, open_ingredients
+    from ladle.io.checkpoints import open_ingredient
+    from ladle.soup.adapters import open_on_base
 
-    ings = open_ingredients(paths)
+    ings = [open_on_base(p, base) for p in paths]  # LoRA adapters: the models they make of the base
     stock = open_ingredient(base) if base is not None else None
     n = len(ings)
     gram = torch.zeros(n, n, dtype=torch.float64)
@@ -86,15 +87,15 @@ def weight_grams(paths: list[str], exclude: set[str], *, base=None, chunk: int =
     return gram, task
 
 
-def model_outputs(ev, split: str, paths, examples: int):
+def model_outputs(ev, split: str, paths, examples: int, base=None):
     """Each model's logits and penultimate features (the input of its classifier) on the first `examples` examples
     of a split (images, or texts read in their length-sorted batches and put back in order): what the prediction
     similarities compare."""
     import torch
 
     from ladle.evaluation.evaluator import in_example_order
-    from ladle.io.checkpoints import open_ingredient
     from ladle.models.encoder import classifier_of
+    from ladle.soup.adapters import open_on_base
 
     data = ev.splits[split]
     if getattr(data, "task", "classify") == "lm":
@@ -106,7 +107,7 @@ def model_outputs(ev, split: str, paths, examples: int):
     logits, features = [], []
     try:
         for path in paths:
-            ing = open_ingredient(path)
+            ing = open_on_base(path, base)
             ev.prepare({k: ing.get(k) for k in ing.keys()}, source=path)
             captured.clear()
             with torch.inference_mode():

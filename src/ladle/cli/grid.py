@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                    help="also score every model and soup on a corruption suite (its mean): imagenet-c, laion-c, text-typos, … (repeatable)")
     corruption_options(p)
     p.set_defaults(severities="3")
-    p.add_argument("--base", metavar="CKPT", help="the stock the models were trained from: adds the cosine of task vectors")
+    p.add_argument("--base", metavar="CKPT", help="the stock the models were trained from: adds the cosine of task vectors; LoRA adapters: "
+                                                  "the model they update (each adapter is that model with its update)")
     p.add_argument("--collapse", type=float, default=None, metavar="PCT",
                    help="a soup below this accuracy (%%) collapsed (default 5 × chance: 500 / classes, 5 %% at 100 classes)")
     p.add_argument("--soups-per-pass", dest="soups_per_pass", type=int, default=8,
@@ -44,7 +45,8 @@ def run(args) -> int:
 
     from ladle.spec import TastingSpec
 
-    tasting = TastingSpec.from_fields(given(args, _tasting())).with_default_model(args.checkpoints)
+    tasting = TastingSpec.from_fields(given(args, _tasting())).with_default_model(
+        [args.base, *args.checkpoints] if args.base else args.checkpoints)  # LoRA adapters: their base
     if not tasting.model or len(tasting.data) != 1:
         raise LadleError("grid: needs --model and exactly one --data (the soups are scored on one split)")
     batch_size = tasting.eval_batch_size or GRID_BATCH

@@ -76,6 +76,19 @@ def open_updates(source, base=None) -> Updates:
     return Updates(checkpoint.name, checkpoint=checkpoint, files=checkpoint.files, notes=checkpoint.notes)
 
 
+def open_on_base(source, base=None):
+    """A checkpoint as a lazy Ingredient; a LoRA adapter as the model it makes of `base` (required then): what
+    taste, grid and the pair measures evaluate."""
+    if not is_adapter(source):
+        return open_ingredient(source)
+    if base is None:
+        raise LadleError("a LoRA adapter is evaluated on the model it updates: give it with --base", file=source)
+    base_ing = open_ingredient(base)
+    updates = open_updates(source, base)
+    check_fits([updates], base_ing)
+    return UpdatedModel(base_ing, updates)
+
+
 def any_adapter(sources) -> bool:
     return any(isinstance(s, Updates) or is_adapter(s) for s in sources)
 

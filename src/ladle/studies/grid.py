@@ -192,7 +192,7 @@ def soup_task(task: dict) -> list[dict]:
     """Executor task: the soups (a, b, α) of a few pairs; returns their figures (plain data, in task order)."""
     import torch
 
-    from ladle.io.checkpoints import open_ingredient
+    from ladle.soup.adapters import open_on_base
     from ladle.training.loop import torch_threads
 
     settings = GridSettings(**task["settings"])
@@ -200,7 +200,7 @@ def soup_task(task: dict) -> list[dict]:
         context = build_context(settings)
         states: dict[str, dict] = {}
         for sha, path in task["paths"].items():
-            ing = open_ingredient(path)
+            ing = open_on_base(path, task.get("base"))
             states[sha] = {k: ing.get(k).clone() for k in ing.keys()}
         soups = [mix_pair(states[a], states[b], alpha) for a, b, alpha in task["soups"]]
         with torch.random.fork_rng(devices=[]):
@@ -289,10 +289,10 @@ def run_grid(checkpoints: list, settings: GridSettings, *, alphas: Iterable[floa
     own_executor = executor is None or isinstance(executor, str)
     executor = make_executor(executor)
     try:
-        shas = _hashes(paths)
+        shas = _hashes(paths, base)
         _log(f"loading the model, {settings.data} and the corrupted sets")
         context = build_context(settings, executor=executor, progress=progress)
-        _check_fit(paths, context)
+        _check_fit(paths, context, base)
         key = grid_key(context)
         threshold = collapse_threshold(context.num_classes) if collapse is None else float(collapse)
         with opened(store, db) as store:
@@ -300,10 +300,10 @@ def run_grid(checkpoints: list, settings: GridSettings, *, alphas: Iterable[floa
                 raise LadleError("grid: a results store is needed (--db FILE)")
             store.put_grid(key, {"settings": context.settings.scored(), "alphas_asked": alphas, "collapse": threshold,
                                  "num_classes": context.num_classes, "splits": [context.clean, *context.corrupted]})
-            own = evaluate_models(context, key, paths, names, shas, info or {}, store, progress)
+            own = evaluate_models(context, key, paths, names, shas, info or {}, store, progress, base=base)
             measure_pairs(context, key, paths, shas, store, base=base, examples=similarity_examples, progress=progress)
             computed = soup_pairs(context, key, paths, shas, own, alphas, threshold, store, executor,
-                                  soups_per_task=soups_per_task)
+                                  soups_per_task=soups_per_task, base=base)
             rows = [r for r in store.grid_soups(key) if r["alpha"] in set(alphas)]
     finally:
         if own_executor:
@@ -312,35 +312,36 @@ def run_grid(checkpoints: list, settings: GridSettings, *, alphas: Iterable[floa
     return GridResult(key, len(paths), pairs, len(rows), computed, time.time() - started, list(context.notes))
 
 
-def _check_fit(paths: list[str], context: Context) -> None:
+def _check_fit(paths: list[str], context: Context, base=None) -> None:
     """Every checkpoint fits the model, from its header, before any work."""
-    from ladle.io.checkpoints import open_ingredient
     from ladle.models.specs import check_fit
+    from ladle.soup.adapters import open_on_base
 
     own = {k: tuple(v.shape) for k, v in context.evaluator.model.state_dict().items()}
     for path in paths:
-        ing = open_ingredient(path)
+        ing = open_on_base(path, base)
         check_fit(own, {k: tuple(ing.info(k).shape) for k in ing.keys()}, path)
 
 
-def _hashes(paths: list[str]) -> list[str]:
+def _hashes(paths: list[str], base=None) -> list[str]:
     """Each checkpoint's content key; the same weights twice would be a pair of a model with itself."""
-    from ladle.io.checkpoints import open_ingredient
+    from ladle.soup.adapters import open_on_base
     from ladle.studies.taste import content_key
 
     shas = []
     for path in paths:
-        sha = content_key(open_ingredient(path))
+        sha = content_key(open_on_base(path, base))
         if sha in shas:
             raise LadleError(f"grid: the same weights as {paths[shas.index(sha)]} (sha256 {sha[:12]}…)", file=path)
         shas.append(sha)
     return shas
 
 
-def evaluate_models(context: Context, key: str, paths, names, shas, info: dict, store, progress: bool) -> dict:
+def evaluate_models(context: Context, key: str, paths, names, shas, info: dict, store, progress: bool,
+                    base=None) -> dict:
     """Each model's own figures, stored once per grid: {sha: row}. Logits come from (and go to) the store."""
     from ladle.evaluation.evaluator import metrics_from_logits
-    from ladle.io.checkpoints import open_ingredient
+    from ladle.soup.adapters import open_on_base
 
     ev = context.evaluator
     ev.store = store
@@ -351,7 +352,7 @@ def evaluate_models(context: Context, key: str, paths, names, shas, info: dict, 
         _log(f"evaluating {len(todo)} model(s) on {len(splits)} split(s)")
     last = time.time()
     for done, i in enumerate(todo, 1):
-        ing = open_ingredient(paths[i])
+        ing = open_on_base(paths[i], base)
         state = {k: ing.get(k) for k in ing.keys()}
         logits = ev.logits_many(paths[i], state, splits, key=shas[i], kind="grid model")
         figures = {s: metrics_from_logits(logits[s], ev.labels(s)) for s in splits}
@@ -393,7 +394,7 @@ def measure_pairs(context: Context, key: str, paths, shas, store, *, base=None, 
     gram, task_gram = weight_grams(paths, context.evaluator.bn_keys, base=base)
     l2, cosine = pairwise_from_gram(gram)
     task_cosine = pairwise_from_gram(task_gram)[1] if task_gram is not None else None
-    logits, features = model_outputs(context.evaluator, context.clean, paths, examples)
+    logits, features = model_outputs(context.evaluator, context.clean, paths, examples, base=base)
     rows, last = [], time.time()
     for n, (i, j) in enumerate(pending, 1):
         measures = {"l2": float(l2[i, j]), "cosine": float(cosine[i, j])}
@@ -408,7 +409,7 @@ def measure_pairs(context: Context, key: str, paths, shas, store, *, base=None, 
 
 
 def soup_pairs(context: Context, key: str, paths, shas, own: dict, alphas, threshold: float, store, executor, *,
-               soups_per_task: int = SOUPS_PER_TASK) -> int:
+               soups_per_task: int = SOUPS_PER_TASK, base=None) -> int:
     """Soups not yet in the store, in tasks through the executor; gains and collapse added as rows land."""
     from ladle.evaluation.gain import accuracy_gain, loss_gain
 
@@ -426,7 +427,8 @@ def soup_pairs(context: Context, key: str, paths, shas, own: dict, alphas, thres
     for s in range(0, len(pending), soups_per_task):
         part = pending[s : s + soups_per_task]
         needed = sorted({sha for a, b, _ in part for sha in (a, b)})
-        tasks.append({"settings": settings, "soups": part, "paths": {sha: by_sha[sha] for sha in needed}})
+        tasks.append({"settings": settings, "soups": part, "paths": {sha: by_sha[sha] for sha in needed},
+                      "base": None if base is None else str(base)})
     started, last, finished = time.time(), time.time(), 0
     for result in executor.map(soup_task, tasks, desc="grid soups" if sys.stderr.isatty() else ""):
         rows = []

@@ -111,21 +111,6 @@ def is_soup(path) -> bool:
     return bool(manifest and manifest.get("recipe"))
 
 
-def _open_tasted(ckpt, base_path, base):
-    """A checkpoint as a lazy ingredient; a LoRA adapter as its base with its update (`base` required)."""
-    from ladle.io.lora import is_adapter
-
-    if not is_adapter(ckpt):
-        return open_ingredient(ckpt)
-    if base is None:
-        raise LadleError("a LoRA adapter is tasted on the model it updates: give it with --base", file=ckpt)
-    from ladle.soup.adapters import UpdatedModel, check_fits, open_updates
-
-    updates = open_updates(ckpt, base_path)
-    check_fits([updates], base)
-    return UpdatedModel(base, updates)
-
-
 def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average", uniform: bool = True,
           progress: bool = False, corruptions: list[SuiteSpec] = (), corruption_seed: int = 0,
           cache: CorruptionCache | None = None, mce_baseline: str = "best", executor=None, store=None,
@@ -169,9 +154,10 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
     rows: list[Row] = []
     ingredients, keys, hashes = [], {}, {}
     soups = []
-    base_ing = open_ingredient(base) if base is not None else None
+    from ladle.soup.adapters import open_on_base
+
     for ckpt in checkpoints:
-        ing = _open_tasted(ckpt, base, base_ing)
+        ing = open_on_base(ckpt, base)
         if is_soup(ckpt):
             soups.append((ing.name, ing))
             keys[ing.name] = key([file_hashes(ing.files)], [1.0], list(ing.keys()))
@@ -191,7 +177,7 @@ def taste(checkpoints: list, tasting: Tasting, *, bn: str | list[str] = "average
 
         adapted = [isinstance(i, UpdatedModel) for i in ingredients]
         if all(adapted):  # adapters: base + mean update, the base's other tensors as they are
-            soups.insert(0, ("uniform soup", updated_soup_state(ingredients, [1 / n] * n, list(base_ing.keys()))))
+            soups.insert(0, ("uniform soup", updated_soup_state(ingredients, [1 / n] * n, list(ingredients[0].keys()))))
         elif any(adapted):
             raise LadleError("taste: LoRA adapters and full checkpoints have no uniform soup together (cook one with "
                              "--base, or pass --no-uniform)")
