@@ -254,3 +254,17 @@ def test_svd_helpers_agree_with_numpy():
     # ⟨B₁A₁, B₂A₂⟩ from the factors
     b2, a2 = rng.standard_normal((40, 3)), rng.standard_normal((3, 30))
     assert lowrank.factor_inner(a, b, a2, b2) == pytest.approx(float(np.sum((b @ a) * (b2 @ a2))), rel=1e-6)
+
+
+def test_an_adapter_saved_as_bin_is_read_weights_only_and_gives_the_same_soup(llama, tmp_path):
+    from safetensors.torch import load_file
+
+    _, a, b, _ = llama
+    pickled = tmp_path / "a-bin"
+    pickled.mkdir()
+    shutil.copy(a / "adapter_config.json", pickled)
+    torch.save(load_file(a / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    ladle.cook("uniform", [a, b], out=tmp_path / "from-safetensors")
+    ladle.cook("uniform", [pickled, b], out=tmp_path / "from-bin")
+    ours, theirs = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("from-bin", "from-safetensors"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
