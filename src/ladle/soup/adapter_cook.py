@@ -22,6 +22,7 @@ from ladle.soup.adapters import (AdapterMix, UpdatedModel, adapter_config, cast,
 from ladle.soup.check_parts import select_keys
 from ladle.soup.recipes import BASE_NONE
 
+
 def cook_adapters(spec, sources: list, *, out, options: dict, params: dict, scorer=None, progress: bool = False):
     """`cook` when LoRA adapters are among the ingredients (see ladle.soup.adapters for what is computed)."""
     from ladle.soup.record import ACCUMULATORS, Soup, parse_dtype, reproduce_command
@@ -65,44 +66,40 @@ def cook_adapters(spec, sources: list, *, out, options: dict, params: dict, scor
     out_dtype = parse_dtype(options["dtype"])
 
     files = [f for up in ups for f in up.files] + (list(base.files) if base is not None else [])
+    writer, sha = None, {}
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         hashes = {} if options["no_hash"] else {f: pool.submit(sha256_file, f) for f in files}
         try:
             if merged:
-                state, sha, extras_card = _write_merged(mix, base, keys, out, out_dtype, options, progress, spec.name)
+                state, writer, carried = _write_merged(mix, base, keys, out, out_dtype, options, progress, spec.name)
             else:
-                state, sha, extras_card = _write_adapter(mix, keys, rank, out, out_dtype, options, progress, spec.name)
+                state, writer = _write_adapter(mix, keys, rank, out, out_dtype, options, progress, spec.name)
             digests = {str(f): h.result() for f, h in hashes.items()}
+            manifest = _manifest(spec, params, plan, ups, base, digests, keys, options, merged, rank, mix)
+            if writer is not None:  # the files go in last: they name the inputs' hashes
+                command = reproduce_command(spec.name, sources, out, options, params, scorer)
+                sha = writer.finish(manifest, _extras(manifest, out, command, ups, base_path, carried if merged else None))
         except BaseException:
             for h in hashes.values():
                 h.cancel()
+            if writer is not None:
+                writer.abort()
             raise
-    # the manifest needs the hashes, the files need the manifest: the writer was left open until now
-    manifest = _manifest(spec, params, plan, ups, base, digests, keys, options, merged, rank, mix)
-    notes = _notes(plan, ups, manifest, mix)
-    if out is not None:
-        writer, carried = extras_card
-        command = reproduce_command(spec.name, sources, out, options, params, scorer)
-        extras = {}
-        if merged:
-            extras = {f.name: f for f in carried.files}
-            from ladle.io.hf import model_card
+    return Soup(manifest, state, Path(out) if out is not None else None, sha, _notes(plan, ups, manifest))
 
-            extras["README.md"] = model_card(manifest, Path(out).name, command, carried.config)
-        else:
-            import json
 
-            from ladle.io.hf import model_card
+def _extras(manifest: dict, out, command, ups, base_path, carried) -> dict:
+    """The folder's other files: a merged model's carried config and tokenizer, or an adapter's config; a card."""
+    import json
 
-            config = adapter_config(ups, manifest["output"]["ranks"], _base_name(ups, base_path), manifest["output"]["saved_whole"])
-            extras = {"adapter_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n",
-                      "README.md": model_card(manifest, Path(out).name, command, {"library_name": "peft"})}
-        try:
-            sha = writer.finish(manifest, extras)
-        except BaseException:
-            writer.abort()
-            raise
-    return Soup(manifest, state, Path(out) if out is not None else None, sha, notes)
+    from ladle.io.hf import model_card
+
+    if carried is not None:
+        return {**{f.name: f for f in carried.files},
+                "README.md": model_card(manifest, Path(out).name, command, carried.config)}
+    config = adapter_config(ups, manifest["output"]["ranks"], _base_name(ups, base_path))
+    return {"adapter_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n",
+            "README.md": model_card(manifest, Path(out).name, command, {"library_name": "peft"})}
 
 
 def _base_path(options: dict):
@@ -124,20 +121,19 @@ def _write_adapter(mix: AdapterMix, keys, rank, out, out_dtype, options, progres
     whole = [k for k in keys if k not in modules]
     ranks = {}
     for key in modules:
-        module = next(up.adapter.modules[key] for up in ups if up.has_factors(key))
+        module = mix.module(key)
         w = weights_for(mix.plan, key)
         exact = sum(up.adapter.modules[key].rank for i, up in enumerate(ups) if up.has_factors(key) and w[i] != 0.0) \
             if w is not None and rank is None else 0
         fan_out, fan_in = _lora_dims(module)
         ranks[key] = exact if rank is None else min(rank, fan_out, fan_in)
-    dropped = [k for k, r in ranks.items() if r == 0]
+    mix.dropped = [k for k, r in ranks.items() if r == 0]
     ranks = {k: r for k, r in ranks.items() if r > 0}
-    mix.dropped = dropped
     first = next(up.adapter for up in ups if up.adapter is not None)
     dtype = out_dtype or first.weights.info(next(iter(first.modules.values())).a_key).dtype
     infos: dict[str, TensorInfo] = {}
     for key, r in ranks.items():
-        module = next(up.adapter.modules[key] for up in ups if up.has_factors(key))
+        module = mix.module(key)
         fan_out, _ = _lora_dims(module)
         a_tail = tuple(module.shape[1:]) if module.kind == "conv" else (_lora_dims(module)[1],)
         infos[stored_key(module, "A")] = TensorInfo((r, *a_tail), dtype)
@@ -170,7 +166,7 @@ def _write_adapter(mix: AdapterMix, keys, rank, out, out_dtype, options, progres
     try:
         for key in progress_bar(list(ranks) + whole, desc=f"cook {recipe} (adapters)", unit="module", enabled=progress):
             if key in ranks:
-                module = next(up.adapter.modules[key] for up in ups if up.has_factors(key))
+                module = mix.module(key)
                 a, b = mix.exact_factors(key) if rank is None else mix.lowrank(key, ranks[key])
                 a = a.reshape(infos[stored_key(module, "A")].shape)  # a convolution's factors are 4-D
                 b = b.reshape(infos[stored_key(module, "B")].shape)
@@ -184,7 +180,7 @@ def _write_adapter(mix: AdapterMix, keys, rank, out, out_dtype, options, progres
         if writer is not None:
             writer.abort()
         raise
-    return (state if writer is None else None), {}, (writer, None)
+    return (state if writer is None else None), writer
 
 
 def _lora_dims(module) -> tuple[int, int]:
@@ -208,7 +204,6 @@ def _write_merged(mix: AdapterMix, base, keys, out, out_dtype, options, progress
         writer = SoupWriter(out, infos, force=options["force"], max_shard_size=options["max_shard_size"],
                             hash_output=not options["no_hash"])
     state = {}
-    mix.ranks, mix.saved_whole = {}, []
     try:
         for key in progress_bar(base.keys(), desc=f"cook {recipe} (merge)", unit="tensor", enabled=progress):
             original = base.array(key)
@@ -231,7 +226,7 @@ def _write_merged(mix: AdapterMix, base, keys, out, out_dtype, options, progress
         from ladle.io.hf import Carried
 
         carried = Carried()
-    return (state if writer is None else None), {}, (writer, carried)
+    return (state if writer is None else None), writer, carried
 
 
 def _manifest(spec, params, plan, ups, base, digests, keys, options, merged, rank, mix) -> dict:
@@ -250,7 +245,7 @@ def _manifest(spec, params, plan, ups, base, digests, keys, options, merged, ran
         "output": {"kind": "merged model" if merged else "adapter",
                    "rank": None if merged else (rank if rank is not None else "exact (sum of the ingredients' ranks)"),
                    "ranks": mix.ranks, "saved_whole": mix.saved_whole,
-                   "dropped_modules": getattr(mix, "dropped", []),
+                   "dropped_modules": mix.dropped,
                    "relative_error": errors, "worst_relative_error": {"module": worst[0], "error": worst[1]} if worst else None,
                    "svd": {k: v for k, v in mix.methods.items()}},
         "missing_modules": missing_modules(ups, keys),
@@ -263,7 +258,7 @@ def _manifest(spec, params, plan, ups, base, digests, keys, options, merged, ran
     }
 
 
-def _notes(plan, ups, manifest, mix) -> list[str]:
+def _notes(plan, ups, manifest) -> list[str]:
     notes = list(plan.notes)
     w = weights_for(plan, "")
     if w is not None and abs(sum(w) + (plan.base_weight or 0.0) - 1.0) > 1e-9 and not hasattr(plan, "lambda_"):

@@ -219,8 +219,15 @@ class AdapterMix:
 
     def __init__(self, plan, ups: list[Updates], base: Ingredient | None, accumulate, uses_base: bool):
         self.plan, self.ups, self.base, self.accumulate, self.uses_base = plan, ups, base, accumulate, uses_base
-        self.errors: dict[str, float] = {}
-        self.methods: dict[str, str] = {}
+        self.errors: dict[str, float] = {}  # low-rank outputs: each module's relative Frobenius error
+        self.methods: dict[str, str] = {}  # and how its SVD was computed
+        self.ranks: dict[str, int] = {}  # adapter outputs: each module's rank
+        self.saved_whole: list[str] = []  # adapter outputs: tensors saved whole
+        self.dropped: list[str] = []  # modules whose every update has zero weight
+
+    def module(self, key: str):
+        """The LoraModule of `key` (its kind, shape and layout) from the first adapter that adapts it."""
+        return next(up.adapter.modules[key] for up in self.ups if up.has_factors(key))
 
     def holders(self, key: str) -> list[int]:
         return [i for i, up in enumerate(self.ups) if up.changes(key)]
@@ -240,7 +247,7 @@ class AdapterMix:
         """The mixed ΔW of `key`, dense, in the base's layout (a module an ingredient lacks: a zero update)."""
         factors = self.exact_factors(key)
         if factors is not None:
-            module = next(up.adapter.modules[key] for up in self.ups if up.has_factors(key))
+            module = self.module(key)
             a, b = factors
             from ladle.io.lora import to_base_layout
 
@@ -262,7 +269,7 @@ class AdapterMix:
 
     def lowrank(self, key: str, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """A rank-`rank` (A, B) of the mixed update, in LoRA's layout; its relative error recorded."""
-        module = next(up.adapter.modules[key] for up in self.ups if up.has_factors(key))
+        module = self.module(key)
         factors = self.exact_factors(key)
         if factors is not None:
             a, b, error = lowrank.svd_of_factors(*factors, rank)
@@ -311,7 +318,7 @@ def module_keys(ups: list[Updates], base: Ingredient | None) -> list[str]:
     return [k for k in base.keys() if k in seen]
 
 
-def adapter_config(ups: list[Updates], ranks: dict[str, int], base_name, full_keys: list[str]) -> dict:
+def adapter_config(ups: list[Updates], ranks: dict[str, int], base_name) -> dict:
     """The soup adapter's config: the first adapter's, with ranks per module and alpha = r (scaling 1)."""
     import re
     from collections import Counter
