@@ -399,6 +399,104 @@ def dare_drop(tau: np.ndarray, p: float, generator: np.random.RandomState) -> np
     return np.divide(out, out.dtype.type(1.0 - p), out=out)
 
 
+def magnitude_order(tau: np.ndarray) -> np.ndarray:
+    """Flat indices of τ from the largest |τ| to the smallest, equal magnitudes by increasing index."""
+    return np.argsort(-np.abs(_flat(tau)), kind="stable")
+
+
+def fraction_count(fraction: float, n: int) -> int:
+    """round(fraction·n) entries (half to even), the product rounded to 9 decimals first (0.2·10 is 2)."""
+    return int(round(round(fraction * n, 9)))
+
+
+@torch_aware
+def breadcrumbs_mask(tau: np.ndarray, gamma: float, density: float) -> np.ndarray:
+    """Model Breadcrumbs (Davari & Belilovsky 2023): of τ sorted by |τ|, drop the round(γ·n) largest entries
+    (outliers) and keep the next round(density·n); zero the rest (equal magnitudes ordered by index)."""
+    n = tau.size
+    top, keep = fraction_count(gamma, n), fraction_count(density, n)
+    out = np.zeros_like(tau)
+    chosen = magnitude_order(tau)[top : top + keep]
+    _flat(out)[chosen] = _flat(tau)[chosen]
+    return out
+
+
+def della_probabilities(n: int, density: float, epsilon: float) -> np.ndarray:
+    """MAGPRUNE's drop probability of each magnitude rank (ascending |τ|, float64): linear from 1 − density + ε
+    (the smallest entry) to 1 − density − ε (the largest); 1 − density for a single entry."""
+    if n == 1:
+        return np.array([1.0 - density])
+    return (1.0 - density + epsilon) - 2.0 * epsilon * np.arange(n, dtype=np.float64) / (n - 1)
+
+
+@torch_aware
+def della_drop(tau: np.ndarray, density: float, epsilon: float, generator: np.random.RandomState) -> np.ndarray:
+    """DELLA's MAGPRUNE (Deep et al. 2024): drop each entry with the probability of its magnitude rank
+    (della_probabilities; equal magnitudes ranked by index) and rescale each kept one by 1/(1 − pᵢ), so
+    E[result] = τ. The uniform draws are DARE's (dare_keep_mask's stream), compared with each entry's pᵢ."""
+    flat = _flat(tau)
+    n = flat.size
+    bits = generator.randint(0, 1 << 32, size=n, dtype=np.uint32)
+    u = (bits & 0xFFFFFF).astype(np.float64) * 2.0**-24
+    p = np.empty(n, dtype=np.float64)
+    p[magnitude_order(tau)[::-1]] = della_probabilities(n, density, epsilon)  # rank 0: the smallest |τ|
+    keep = u >= p
+    out = np.zeros_like(flat)
+    out[keep] = (flat[keep].astype(np.float64) / (1.0 - p[keep])).astype(flat.dtype)
+    return out.reshape(tau.shape)
+
+
+KARCHER_TOLERANCE = 1e-7  # the norm of the mean tangent vector at which the iteration stops
+KARCHER_ITERATIONS = 100
+
+
+def karcher_mean(tensors: Callable[[], Iterable[np.ndarray]], weights: Sequence[float], accumulate=np.float32,
+                 tolerance: float = KARCHER_TOLERANCE, max_iterations: int = KARCHER_ITERATIONS
+                 ) -> tuple[np.ndarray, int, bool]:
+    """The weighted Karcher (Fréchet) mean of the tensors' directions on the unit sphere, scaled by the weighted
+    mean of their norms (as mergekit's `karcher`). Fixed-point iteration: m ← exp_m(Σ wᵢ log_m(uᵢ) / Σ wᵢ) until
+    the mean tangent's norm is below `tolerance`. `tensors()` gives a fresh pass over the tensors each time (one
+    pass per iteration: memory flat in their number). Zero tensors have no direction: they count in the mean
+    norm only. Returns (mean, iterations, converged)."""
+    weights = [float(w) for w in weights]
+    norms, mean, out_dtype = [], None, None
+    for x, w in zip(tensors(), weights):  # pass 1: norms, and the start: the normalised weighted mean direction
+        out_dtype = accumulator_dtype(x.dtype, accumulate)
+        x = x.astype(out_dtype, copy=False)
+        norm = math.sqrt(sum_of_squares(x))
+        norms.append(norm)
+        if mean is None:
+            mean = np.zeros(x.shape, dtype=np.float64)
+        if norm > 0:
+            mean += (w / norm) * x.astype(np.float64)
+    total_w = sum(w for w, r in zip(weights, norms) if r > 0)
+    radius = sum(w * r for w, r in zip(weights, norms)) / sum(weights)
+    start = math.sqrt(float(np.dot(_flat(mean), _flat(mean))))
+    if total_w == 0 or start == 0:  # no direction (or exactly opposite ones): the norm-weighted sum is all there is
+        return mean.astype(out_dtype), 0, True
+    m = mean / start
+    iterations, converged = 0, False
+    for iterations in range(1, max_iterations + 1):
+        tangent = np.zeros(m.shape, dtype=np.float64)
+        for x, w, r in zip(tensors(), weights, norms):
+            if r == 0:
+                continue
+            u = x.astype(np.float64) / r
+            cos = min(max(float(np.dot(_flat(u), _flat(m))), -1.0), 1.0)
+            theta = math.acos(cos)
+            log = u - cos * m  # the direction of u in m's tangent space, length sin θ
+            if theta > 1e-12:
+                log *= theta / math.sin(theta)
+            tangent += (w / total_w) * log
+        step = math.sqrt(float(np.dot(_flat(tangent), _flat(tangent))))
+        if step < tolerance:
+            converged = True
+            break
+        m = math.cos(step) * m + (math.sin(step) / step) * tangent
+        m /= math.sqrt(float(np.dot(_flat(m), _flat(m))))
+    return (m * radius).astype(out_dtype), iterations, converged
+
+
 SLERP_PARALLEL = 0.9995  # |cos| above this: the angle is too small for sin θ to be trusted; interpolate linearly
 
 
