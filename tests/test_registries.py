@@ -121,11 +121,17 @@ def test_recipe_plan_mixes_two_tiny_tensors(name):
 
 @pytest.mark.parametrize("name", [n for n in RECIPES if RECIPES[n].needs_scorer])
 def test_tasting_recipe_cooks_two_tiny_models(name, scorer, cnn_states):
-    soup = ladle.cook(name, cnn_states, scorer=scorer, **params_for(name, 2))
+    stock = {"base": {k: v * 0.5 if v.is_floating_point() else v for k, v in cnn_states[0].items()}} \
+        if RECIPES[name].base == BASE_REQUIRED else {}
+    soup = ladle.cook(name, cnn_states, scorer=scorer, **stock, **params_for(name, 2))
     for key, value in cnn_states[0].items():
         assert soup.state_dict[key].shape == value.shape
         if value.is_floating_point():
             assert torch.isfinite(soup.state_dict[key]).all(), key
+    if stock:  # task vectors: base + Σ λᵢ τᵢ, not an average; an ingredient equal to the base gives the base back
+        same = ladle.cook(name, [stock["base"]] * 2, scorer=scorer, **stock, **params_for(name, 2)).state_dict
+        assert all(torch.allclose(same[k].float(), v.float()) for k, v in stock["base"].items())
+        return
     assert math.isclose(sum(soup.manifest["weights"]), 1.0, rel_tol=1e-6)
     # an average: one ingredient alone comes back bit for bit
     alone = ladle.cook(name, cnn_states[:1], scorer=scorer, **params_for(name, 1)).state_dict

@@ -37,6 +37,7 @@ class Taster:
         self.metric = metric
         self.ingredients = []
         self.keys: list[str] = []
+        self.base = None  # the stock (an Ingredient), when the recipe has one
         self.headless: list[str] = []  # head keys the ingredients lack (encoder-only): nothing to score with
         self.names: list[str] = []
         self.spec = None  # the TastingSpec it was built from (make_scorer), if any: remakes the soup
@@ -51,10 +52,11 @@ class Taster:
     def progress(self) -> bool:
         return self.evaluator.progress
 
-    def bind(self, ingredients, keys: list[str], encoder_only: bool = False) -> None:
+    def bind(self, ingredients, keys: list[str], encoder_only: bool = False, base=None) -> None:
         """Use these ingredients; each must fit the model exactly (no missing, extra or mis-shaped tensor), but for
-        the head with `encoder_only` (the model's own head then stands in)."""
-        self.ingredients, self.keys = list(ingredients), list(keys)
+        the head with `encoder_only` (the model's own head then stands in). `base`: the stock, for recipes that
+        learn on task vectors."""
+        self.ingredients, self.keys, self.base = list(ingredients), list(keys), base
         self._file_keys = None
         names = [i.name for i in self.ingredients]
         # cache keys must tell apart the same file given twice
@@ -82,6 +84,12 @@ class Taster:
         """Where the scores come from, for the manifest: every split's source, indices and fingerprint."""
         record = {name: data.source for name, data in self.evaluator.splits.items()} | {"bn": self.evaluator.bn}
         return record | self.evaluator.record  # the transform and precision, when the evaluator knows them
+
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """The base's tensors (views of its file) under the bound keys."""
+        if self.base is None:
+            raise LadleError("this recipe learns on task vectors: it needs the base model (--base)")
+        return {k: self.base.get(k) for k in self.keys}
 
     def ingredient_state(self, i: int) -> dict[str, torch.Tensor]:
         ing = self.ingredients[i]

@@ -56,7 +56,7 @@ def cook_adapters(spec, sources: list, *, out, options: dict, params: dict, scor
     if spec.needs_scorer:
         if base is None:
             raise LadleError(f"recipe '{spec.name}' tastes the base with each adapter's update: give the base (--base)")
-        scorer.bind([UpdatedModel(base, up) for up in ups], base.keys())
+        scorer.bind([UpdatedModel(base, up) for up in ups], base.keys(), base=base)
     plan = spec.make_plan(len(ups), **params, **({"scorer": scorer} if scorer is not None else {}))
     if not merged and rank is None and weights_for(plan, keys[0]) is None:
         raise LadleError(f"recipe '{spec.name}' does not mix updates linearly, so no exact adapter exists: give --rank R "

@@ -85,7 +85,7 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
     if out is not None:
         check_destination(Path(out), force)  # before any (possibly long) tasting
     if scorer is not None:  # checks that every ingredient fits the model, then scores candidate soups of them
-        scorer.bind(ings, keys, encoder_only=options["encoder_only"])
+        scorer.bind(ings, keys, encoder_only=options["encoder_only"], base=base_ing)
     plan = spec.make_plan(len(ings), **params, **({"scorer": scorer} if scorer is not None else {}))
 
     out_infos = {}

@@ -1,0 +1,80 @@
+"""AdaMerging on digits: coefficients learned without labels, checked against hand computations."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import ladle
+from ladle.errors import LadleError
+from ladle.evaluation.evaluator import Evaluator
+from ladle.evaluation.scorer import Taster
+from test_tasting import SIZE, linear, train_linear
+
+
+@pytest.fixture(scope="module")
+def kitchen():
+    from ladle.data import load_data
+
+    data = {s: load_data(f"digits:{s}", image_size=SIZE) for s in ("train", "heldout")}
+    base = train_linear(data["train"], seed=9, steps=5)  # a weak stock
+    fts = [train_linear(data["train"], seed, steps=60) for seed in (0, 1, 2)]
+    return data, base, fts
+
+
+def taster(data, labels=None) -> Taster:
+    heldout = data["heldout"] if labels is None else dataclasses.replace(data["heldout"], y=labels)
+    return Taster(Evaluator(linear(), {"heldout": heldout}))
+
+
+def entropy_of(state: dict, data) -> float:
+    model = linear()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        p = model((data.x - 0.5) / 0.5).softmax(-1)
+    return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+
+
+def test_adamerging_never_reads_the_labels(kitchen):
+    data, base, fts = kitchen
+    one = ladle.cook("adamerging", fts, base=base, scorer=taster(data), epochs=2, batch_size=50, lr=0.01)
+    shuffled = data["heldout"].y[torch.randperm(len(data["heldout"].y), generator=torch.Generator().manual_seed(0))]
+    two = ladle.cook("adamerging", fts, base=base, scorer=taster(data, labels=shuffled), epochs=2, batch_size=50, lr=0.01)
+    assert all(torch.equal(one.state_dict[k], two.state_dict[k]) for k in one.state_dict)
+    assert one.manifest["trace"]["adamerging"] == {**two.manifest["trace"]["adamerging"],
+                                                   "data": one.manifest["trace"]["adamerging"]["data"]}
+
+
+def test_at_a_vanishing_learning_rate_it_is_task_arithmetic_at_init_and_its_loss_is_that_soups_entropy(kitchen):
+    data, base, fts = kitchen
+    soup = ladle.cook("adamerging", fts, base=base, scorer=taster(data), per="model", init=0.3, epochs=1,
+                      batch_size=len(data["heldout"].y), lr=1e-12)
+    expected = {k: base[k] + 0.3 * sum(f[k] - base[k] for f in fts) for k in base}
+    for k in expected:
+        torch.testing.assert_close(soup.state_dict[k], expected[k], rtol=1e-5, atol=1e-6)
+    record = soup.manifest["trace"]["adamerging"]
+    assert record["entropy_per_epoch"][0] == pytest.approx(entropy_of(expected, data["heldout"]), rel=1e-4)
+    assert soup.manifest["weights"] == pytest.approx([0.3] * 3, abs=1e-6)
+
+
+def test_layerwise_coefficients_lower_the_entropy_and_are_the_soups(kitchen):
+    data, base, fts = kitchen
+    soup = ladle.cook("adamerging", fts, base=base, scorer=taster(data), epochs=6, batch_size=50, lr=0.05)
+    record = soup.manifest["trace"]["adamerging"]
+    assert record["entropy_per_epoch"][-1] < record["entropy_per_epoch"][0]
+    lambdas = record["lambdas"]
+    assert set(lambdas) == set(base) and all(len(v) == 3 for v in lambdas.values())
+    assert any(abs(v - 0.3) > 1e-3 for vs in lambdas.values() for v in vs)  # they moved
+    for k, lam in lambdas.items():  # the returned soup is base + Σ λᵢ,ₖ τᵢ,ₖ with the recorded λ
+        expected = base[k] + sum(l * (f[k] - base[k]) for l, f in zip(lam, fts))
+        torch.testing.assert_close(soup.state_dict[k], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_adamerging_needs_a_base_and_sane_settings(kitchen):
+    data, base, fts = kitchen
+    with pytest.raises(LadleError, match="needs a base model"):
+        ladle.cook("adamerging", fts, scorer=taster(data))
+    with pytest.raises(LadleError, match="epochs and batch_size"):
+        ladle.cook("adamerging", fts, base=base, scorer=taster(data), epochs=0)
