@@ -104,6 +104,41 @@ class Taster:
         plan = KeyedPlan(list(weights), by_key=by_key or {})
         return {k: to_torch(v) for k, v in mix_stream(plan, self.ingredients, self.keys)}
 
+    def input_grams(self, i: int, examples: int) -> dict[str, tuple[torch.Tensor, bool]]:
+        """Gram matrices XᵀX (float64, fan_in × fan_in) of the inputs of every linear layer (nn.Linear, GPT-2's
+        Conv1D, 1×1 convolutions) of ingredient i on the first `examples` examples of the split, by the layer's
+        weight key, each with whether its weight is stored fan_in first (Conv1D) (tokens and pixels are rows of
+        X; padding tokens included)."""
+        from ladle.models.hf_names import CheckpointNamed
+
+        model = self.evaluator.model
+        names = model.to_file if isinstance(model, CheckpointNamed) else {}
+        inner = model.model if isinstance(model, CheckpointNamed) else model
+        grams: dict[str, torch.Tensor] = {}
+
+        def hook(name):
+            def record(module, inputs, output):
+                x = inputs[0].detach().double()
+                x = x.movedim(1, -1) if isinstance(module, torch.nn.Conv2d) else x  # channels last: rows are pixels
+                x = x.reshape(-1, x.shape[-1])
+                key = names.get(f"{name}.weight", f"{name}.weight")
+                total = grams[key][0] if key in grams else 0
+                grams[key] = (total + (x.T @ x).cpu(), type(module).__name__ == "Conv1D")
+            return record
+
+        hooks = [m.register_forward_hook(hook(name)) for name, m in inner.named_modules() if _is_linear(m)]
+        data = self.evaluator.splits[self.split]
+        part = data if len(data) <= examples else data.subset(range(examples), f"first {examples}")
+        try:
+            self.evaluator.prepare(self.ingredient_state(i), source=self.names[i])
+            with torch.inference_mode():
+                for x in self.evaluator.batches(part):
+                    self.evaluator.forward(x, part)
+        finally:
+            for h in hooks:
+                h.remove()
+        return grams
+
     def parameter_keys(self) -> list[str]:
         """The model's floating-point parameters: what a learned soup mixes with learned weights."""
         return [k for k, p in self.evaluator.model.named_parameters() if p.is_floating_point()]
@@ -210,3 +245,13 @@ class Taster:
         name = f"{self.split}-{shots}-shots"
         self.evaluator.add_split(name, data.subset(idx, name))
         self.split = name
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    """A layer whose weight multiplies its input: nn.Linear, transformers' Conv1D, a 1×1 stride-1 convolution."""
+    if isinstance(module, torch.nn.Linear):
+        return True
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return True
+    return isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1) and module.stride == (1, 1) \
+        and module.groups == 1 and module.padding in ((0, 0), "valid")

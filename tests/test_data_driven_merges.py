@@ -1,4 +1,4 @@
-"""AdaMerging on digits: coefficients learned without labels, checked against hand computations."""
+"""The data-driven merges (AdaMerging, RegMean, Fisher) on digits, checked against hand computations."""
 
 from __future__ import annotations
 
@@ -78,3 +78,62 @@ def test_adamerging_needs_a_base_and_sane_settings(kitchen):
         ladle.cook("adamerging", fts, scorer=taster(data))
     with pytest.raises(LadleError, match="epochs and batch_size"):
         ladle.cook("adamerging", fts, base=base, scorer=taster(data), epochs=0)
+
+
+# ---------------------------------------------------------------- RegMean
+
+
+def mlp(hidden: int = 16) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, 10))
+
+
+def train_mlp(data, seed: int, steps: int = 60) -> dict:
+    torch.manual_seed(seed)
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    x = (data.x - 0.5) / 0.5
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), data.y).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_regmean_with_one_shared_input_space_is_the_uniform_soup(kitchen):
+    data, _, fts = kitchen  # one linear layer: every ingredient sees the same inputs, so the Grams cancel
+    soup = ladle.cook("regmean", fts, scorer=taster(data), examples=200)
+    uniform = ladle.cook("uniform", fts).state_dict
+    for k in uniform:
+        torch.testing.assert_close(soup.state_dict[k], uniform[k], rtol=1e-4, atol=1e-5)
+
+
+def test_regmean_solves_the_regularised_least_squares_of_each_layer(kitchen):
+    data, _, _ = kitchen
+    states = [train_mlp(data["train"], seed) for seed in (0, 1, 2)]
+    ev = Evaluator(mlp(), {"heldout": data["heldout"]})
+    soup = ladle.cook("regmean", states, scorer=Taster(ev), alpha=0.8, examples=150)
+    x = ((data["heldout"].x[:150] - 0.5) / 0.5).flatten(1).double()
+    inputs = {"1.weight": [x] * 3}  # layer 1 reads the images; layer 3 each ingredient's own hidden features
+    inputs["3.weight"] = [torch.relu(x @ s["1.weight"].double().T + s["1.bias"].double()) for s in states]
+    for key, xs in inputs.items():
+        grams = [xi.T @ xi for xi in xs]
+        regular = [0.8 * g + 0.2 * torch.diag(torch.diagonal(g)) for g in grams]
+        total, rhs = sum(regular), sum(r @ s[key].double().T for r, s in zip(regular, states))
+        dead = torch.diagonal(total) == 0  # dead ReLU units: no constraint, their rows are the mean
+        total[dead, dead] = 3.0
+        rhs[dead] = sum(s[key].double().T for s in states)[dead]
+        expected = torch.linalg.solve(total, rhs).T
+        torch.testing.assert_close(soup.state_dict[key].double(), expected, rtol=1e-4, atol=1e-5)
+    for key in ("1.bias", "3.bias"):  # every other tensor: the mean
+        torch.testing.assert_close(soup.state_dict[key], sum(s[key] for s in states) / 3, rtol=1e-6, atol=1e-7)
+    assert soup.manifest["trace"]["regmean"]["layers"] == 2
+
+
+def test_regmean_refuses_a_singular_gram_and_regularises_it_below_alpha_1(kitchen):
+    data, _, fts = kitchen
+    with pytest.raises(LadleError, match="singular.*--alpha"):
+        ladle.cook("regmean", fts, scorer=taster(data), alpha=1.0, examples=5)  # 5 images span 5 of 192 directions
+    one = ladle.cook("regmean", fts[:1], scorer=taster(data), alpha=0.5, examples=5).state_dict
+    for k, v in fts[0].items():  # one ingredient: (G̃)⁻¹ G̃ W = W
+        torch.testing.assert_close(one[k], v, rtol=1e-4, atol=1e-5)
