@@ -137,3 +137,40 @@ def test_regmean_refuses_a_singular_gram_and_regularises_it_below_alpha_1(kitche
     one = ladle.cook("regmean", fts[:1], scorer=taster(data), alpha=0.5, examples=5).state_dict
     for k, v in fts[0].items():  # one ingredient: (G̃)⁻¹ G̃ W = W
         torch.testing.assert_close(one[k], v, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- Fisher merging
+
+
+def linear_fisher(state: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher of a softmax-linear model by its closed form: ∂ log p_c/∂W_k = (δ_ck − p_k)·x, so
+    F_W[k, j] = E_x Σ_c p_c (δ_ck − p_k)² x_j² and F_b[k] = E_x Σ_c p_c (δ_ck − p_k)²."""
+    w, b = state["1.weight"].double(), state["1.bias"].double()
+    x = x.flatten(1).double()
+    p = (x @ w.T + b).softmax(-1)  # (N, K)
+    eye = torch.eye(p.shape[1], dtype=torch.float64)
+    per_class = ((eye[None, :, :] - p[:, None, :]) ** 2 * p[:, :, None]).sum(1)  # (N, K): Σ_c p_c (δ_ck − p_k)²
+    return {"1.weight": (per_class[:, :, None] * x[:, None, :] ** 2).mean(0), "1.bias": per_class.mean(0)}
+
+
+def test_fisher_merging_weights_each_parameter_by_each_ingredients_fisher(kitchen):
+    data, _, fts = kitchen
+    soup = ladle.cook("fisher", fts, scorer=taster(data), examples=40, epsilon=1e-8)
+    x = (data["heldout"].x[:40] - 0.5) / 0.5
+    fishers = [linear_fisher(f, x) for f in fts]
+    for key in ("1.weight", "1.bias"):
+        num = sum((fi[key] + 1e-8) * f[key].double() for fi, f in zip(fishers, fts))
+        den = sum(fi[key] + 1e-8 for fi in fishers)
+        torch.testing.assert_close(soup.state_dict[key].double(), num / den, rtol=1e-4, atol=1e-6)
+        low = torch.stack([f[key] for f in fts]).min(0).values
+        high = torch.stack([f[key] for f in fts]).max(0).values
+        assert bool(((soup.state_dict[key] >= low - 1e-6) & (soup.state_dict[key] <= high + 1e-6)).all())
+
+
+def test_fisher_of_one_or_of_identical_ingredients_gives_it_back(kitchen):
+    data, _, fts = kitchen
+    one = ladle.cook("fisher", fts[:1], scorer=taster(data), examples=10).state_dict
+    same = ladle.cook("fisher", [fts[0]] * 3, scorer=taster(data), examples=10).state_dict
+    for k, v in fts[0].items():
+        torch.testing.assert_close(one[k], v, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(same[k], v, rtol=1e-6, atol=1e-7)

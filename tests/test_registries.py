@@ -34,8 +34,8 @@ from ladle.training.objectives import OBJECTIVES, Batch, make_objective, objecti
 # a value for every required recipe parameter, for n ingredients: a new required parameter must be added here
 REQUIRED_VALUES = {"weights": lambda n: [1.0] * n, "alpha": lambda n: 0.5}
 # tasting recipes: settings that keep them to a second or two
-QUICK = {"learned": {"epochs": 1}, "self-season": {"epochs": 1},
-         "season": {"shots": 10, "grid": 2, "samples": 4}}
+QUICK = {"learned": {"epochs": 1}, "self-season": {"epochs": 1}, "adamerging": {"epochs": 1},
+         "season": {"shots": 10, "grid": 2, "samples": 4}, "fisher": {"examples": 8}, "regmean": {"examples": 16}}
 PARAM_TYPES = (int, float, str, bool, list[float], list[str], Checkpoint, Size)
 SIZE = 8  # tasting recipes: digits at 8 px through ladle.models:tiny_cnn
 

@@ -139,6 +139,31 @@ class Taster:
                 h.remove()
         return grams
 
+    def fisher_diagonal(self, i: int, examples: int) -> dict[str, torch.Tensor]:
+        """The diagonal Fisher of ingredient i's parameters on the first `examples` examples of the split
+        (float64): for each example, Σ_c p(c|x)·(∂ log p(c|x)/∂θ)², the expectation over the model's own predictive
+        distribution, exact over the classes (one backward pass per class); averaged over the examples."""
+        data = self.evaluator.indexable(self.split)
+        if getattr(data, "task", None) == "lm":
+            raise LadleError("fisher: a language model's corpus has no class distribution per example; Fisher merging "
+                             "of causal LMs is not supported yet")
+        keys = set(self.parameter_keys())
+        state = {k: v.to(self.device) for k, v in self.ingredient_state(i).items()}
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in state.items() if k in keys and v.is_floating_point()}
+        fisher = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in params.items()}
+        count = min(examples, len(data.y))
+        for start in range(0, count):
+            x = data.take([start]) if hasattr(data, "take") else data.x[start : start + 1]
+            log_probs = self.forward({**state, **params}, self.evaluator.normalise(x)).float().log_softmax(-1)[0]
+            probs = log_probs.detach().exp()
+            for c in range(log_probs.shape[0]):
+                grads = torch.autograd.grad(log_probs[c], list(params.values()), retain_graph=c + 1 < log_probs.shape[0],
+                                            allow_unused=True)
+                for (k, _), g in zip(params.items(), grads):
+                    if g is not None:
+                        fisher[k] += float(probs[c]) * g.detach().double().cpu() ** 2
+        return {k: v / count for k, v in fisher.items()}
+
     def parameter_keys(self) -> list[str]:
         """The model's floating-point parameters: what a learned soup mixes with learned weights."""
         return [k for k, p in self.evaluator.model.named_parameters() if p.is_floating_point()]
