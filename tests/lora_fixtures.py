@@ -20,15 +20,21 @@ def write_adapter(base_dir: Path, folder: Path, seed: int, *, kind: str = "llama
 
     model = load_base(base_dir, kind)
     options = {"r": 4, "lora_alpha": 8, "target_modules": LLAMA_TARGETS} | lora
-    peft_model = get_peft_model(model, LoraConfig(**options))
+    peft_model = randomise(get_peft_model(model, LoraConfig(**options)), seed, scale)
+    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def randomise(peft_model, seed: int, scale: float):
+    """Draw every LoRA factor and saved-whole tensor from `seed` (PEFT starts B at zero: an adapter that does
+    nothing would test nothing)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_" in name or "modules_to_save" in name:
                 p.copy_(torch.randn(p.shape, generator=generator) * scale)
-    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
-    peft_model.save_pretrained(folder)
-    return folder
+    return peft_model
 
 
 def load_base(base_dir: Path, kind: str = "llama"):

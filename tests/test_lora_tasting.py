@@ -9,7 +9,7 @@ import torch
 
 import ladle
 from ladle.evaluation.tasting import make_scorer
-from lora_fixtures import write_adapter
+from lora_fixtures import randomise, write_adapter
 from text_fixtures import write_bert, write_reviews_csv
 
 
@@ -79,12 +79,8 @@ def test_greedy_over_timm_adapters_on_images(tmp_path):
     for i in range(2):
         model = timm.create_model("resnet18", num_classes=10)
         model.load_state_dict(stock.state_dict())
-        peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=2, target_modules=["conv1", "conv2"], modules_to_save=["fc"]))
-        generator = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for name, p in peft.named_parameters():
-                if "lora_" in name or "modules_to_save" in name:
-                    p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+        peft = randomise(get_peft_model(model, LoraConfig(r=2, lora_alpha=2, target_modules=["conv1", "conv2"],
+                                                           modules_to_save=["fc"])), i, 0.05)
         peft.save_pretrained(tmp_path / f"ad{i}")
         adapters.append(tmp_path / f"ad{i}")
     scorer = make_scorer("timm:resnet18", ["digits"], num_classes=10, image_size=32, workers=0, split="heldout")
@@ -138,13 +134,9 @@ def test_adapters_of_a_hugging_face_vision_model_whose_file_names_differ_from_it
     assert not on_disk & {k for k in vit.state_dict() if "q_proj" in k}  # the names differ (else this tests nothing)
     adapters = []
     for i in range(2):
-        peft = get_peft_model(ViTForImageClassification.from_pretrained(tmp_path / "vit"),
-                              LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]))
-        generator = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for name, p in peft.named_parameters():
-                if "lora_" in name or "modules_to_save" in name:
-                    p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+        peft = randomise(get_peft_model(ViTForImageClassification.from_pretrained(tmp_path / "vit"),
+                                        LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "v_proj"],
+                                                   modules_to_save=["classifier"])), i, 0.5)
         peft.save_pretrained(tmp_path / f"ad{i}")
         adapters.append(tmp_path / f"ad{i}")
     scorer = make_scorer(str(tmp_path / "vit"), ["digits"], workers=0, split="heldout")

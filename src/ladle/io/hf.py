@@ -91,8 +91,11 @@ def carried_files(directory: Path) -> list[Path]:
 
 def read_config(directory: Path) -> dict | None:
     path = directory / CONFIG
-    if not path.is_file():
-        return None
+    return read_json_object(path) if path.is_file() else None
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object (config.json, adapter_config.json); one line naming the file otherwise."""
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

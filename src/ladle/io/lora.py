@@ -10,7 +10,6 @@ What ladle cannot make exact (DoRA, other PEFT types, …) is refused in one lin
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -204,12 +203,9 @@ def open_adapter(source) -> LoraAdapter:
 
 
 def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LadleError(f"not valid JSON: {e}", file=path) from None
-    if not isinstance(config, dict):
-        raise LadleError("not a JSON object", file=path)
+    from ladle.io.hf import read_json_object
+
+    config = read_json_object(path)
     kind = config.get("peft_type", "LORA")
     if str(kind).upper() != "LORA":
         raise LadleError(f"peft_type: '{kind}' adapters cannot be souped exactly; ladle soups LoRA adapters", file=path)

@@ -21,7 +21,7 @@ from ladle.io.checkpoints import open_ingredient
 from ladle.io.lora import ADAPTER_CONFIG, LoraAdapter, is_adapter
 from ladle.progress import progress_bar
 from ladle.soup import lowrank
-from ladle.soup.check_parts import describe, mark_unknown, matrix, rounded, select_keys, where
+from ladle.soup.check_parts import describe, mark_unknown, matrix, rounded, select_keys, verdict_lines
 from ladle.soup.mixing import pairwise_cosine
 
 
@@ -222,9 +222,5 @@ def format_adapter_report(report: AdapterCheckReport) -> str:
         if len(report.ingredients) > 1:
             lines.append("update cosine similarity ⟨ΔWᵢ, ΔWⱼ⟩ / ‖ΔWᵢ‖‖ΔWⱼ‖ (all modules, from the factors):")
             lines += matrix(report.update_cosine)
-    for w in report.warnings:
-        lines.append("warning: " + where(w) + w["message"])
-    for p in report.problems:
-        lines.append("problem: " + where(p) + p["message"])
-    lines.append("OK: these adapters can be souped" if report.ok else f"NOT SOUPABLE: {len(report.problems)} problem(s)")
+    lines += verdict_lines(report, "adapters")
     return "\n".join(lines)

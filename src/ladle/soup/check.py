@@ -15,7 +15,7 @@ import numpy as np
 from ladle.progress import progress_bar
 from ladle.io.checkpoints import Ingredient, open_ingredient, open_ingredients
 from ladle.io.dtypes import is_float
-from ladle.soup.check_parts import describe, mark_unknown, matrix, rounded, select_keys, where
+from ladle.soup.check_parts import describe, mark_unknown, matrix, rounded, select_keys, verdict_lines
 from ladle.soup.mixing import pairwise_cosine
 
 CHUNK = 1 << 17  # elements per ingredient per step of the distance pass: float64 blocks that stay in cache
@@ -247,10 +247,5 @@ def format_report(report) -> str:
     if report.relative_l2 is not None and len(report.ingredients) > 1:
         lines.append("relative L2 distance ‖θᵢ − θⱼ‖ / mean(‖θᵢ‖, ‖θⱼ‖):")
         lines += matrix(report.relative_l2)
-    for w in report.warnings:
-        lines.append("warning: " + where(w) + w["message"])
-    for p in report.problems:
-        lines.append("problem: " + where(p) + p["message"])
-    lines.append("OK: these ingredients can be souped" if report.ok else
-                 f"NOT SOUPABLE: {len(report.problems)} problem(s)")
+    lines += verdict_lines(report, "ingredients")
     return "\n".join(lines)

@@ -52,3 +52,11 @@ def where(item: dict) -> str:
 def matrix(m: list[list[float]]) -> list[str]:
     head = "       " + "".join(f"{f'[{j}]':>9}" for j in range(len(m)))
     return [head] + [f"  [{i}]  " + "".join(f"{v:9.4f}" for v in row) for i, row in enumerate(m)]
+
+
+def verdict_lines(report, what: str) -> list[str]:
+    """Warnings, problems and the verdict that end a check report ("these {what} can be souped")."""
+    lines = ["warning: " + where(w) + w["message"] for w in report.warnings]
+    lines += ["problem: " + where(p) + p["message"] for p in report.problems]
+    lines.append(f"OK: these {what} can be souped" if report.ok else f"NOT SOUPABLE: {len(report.problems)} problem(s)")
+    return lines

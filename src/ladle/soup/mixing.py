@@ -367,6 +367,19 @@ def ties_merge(deltas: Callable[[], Iterable[np.ndarray]]) -> tuple[np.ndarray, 
     return np.multiply(merged, sign, out=merged), kept, kept - agreed
 
 
+def merge_deltas(base: np.ndarray, deltas: Callable[[], Iterable[np.ndarray]], lambda_: float, elect: bool,
+                 accumulate=np.float32) -> tuple[np.ndarray, dict | None]:
+    """θ_base + λ·Σ δᵢ, or with `elect` θ_base + λ·(TIES' sign election and disjoint mean of the δᵢ) and its
+    counts ({"kept", "sign_conflicts"}): how TIES, DARE, Breadcrumbs and DELLA end once their δᵢ are sparse.
+    `deltas()` gives a fresh pass each time (TIES reads them twice)."""
+    if not elect:
+        return task_arithmetic(base, deltas(), lambda_, accumulate), None
+    merged, kept, conflicts = ties_merge(deltas)
+    scale_(merged, lambda_)
+    merged += base
+    return merged, {"kept": kept, "sign_conflicts": conflicts}
+
+
 def dare_generator(seed: int, key: str, index: int) -> np.random.RandomState:
     """The random stream of one ingredient's tensor: seeded by sha256 of (seed, key, ingredient index), so a
     mask depends neither on the other ingredients nor on the order tensors are mixed in (nor on PYTHONHASHSEED).

@@ -59,6 +59,29 @@ class KeyedPlan(Plan):
         return Plan(self.by_key.get(key, self.weights), self.base_weight).mix(key, tensors, base, accumulate)
 
 
+class PrecomputedPlan:
+    """Tensors merged up front by a recipe that needs every ingredient's statistics first (Fisher, RegMean),
+    handed out once as cook asks for them; every other tensor the uniform mean (`weights`)."""
+
+    elementwise = False
+
+    def __init__(self, n: int, merged: dict, record: dict):
+        self.weights = [1.0 / n] * n
+        self.base_weight = 0.0
+        self.merged, self.record = merged, record
+        self.notes: list[str] = []
+
+    def mix(self, key, tensors, base, accumulate):
+        from ladle.soup.mixing import weighted_sum
+
+        if key in self.merged:
+            return self.merged.pop(key)  # memory goes with it
+        return weighted_sum(tensors(list(range(len(self.weights)))), self.weights, accumulate)
+
+    def trace(self) -> dict:
+        return self.record
+
+
 def _prepend(first, rest):
     yield first
     yield from rest

@@ -29,8 +29,7 @@ class BreadcrumbsPlan:
         self.per_key: dict[str, dict[str, int]] = {}
 
     def mix(self, key, tensors, base, accumulate):
-        from ladle.soup.mixing import (accumulator_dtype, breadcrumbs_mask, scale_, task_arithmetic, task_vectors,
-                                       ties_merge)
+        from ladle.soup.mixing import accumulator_dtype, breadcrumbs_mask, merge_deltas, task_vectors
 
         base = base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
         indices = list(range(len(self.weights)))
@@ -39,12 +38,9 @@ class BreadcrumbsPlan:
             for tau in task_vectors(tensors(indices), base, accumulate):
                 yield breadcrumbs_mask(tau, self.gamma, self.density)
 
-        if not self.ties:
-            return task_arithmetic(base, masked(), self.lambda_, accumulate)
-        merged, kept, conflicts = ties_merge(masked)
-        self.per_key[key] = {"kept": kept, "sign_conflicts": conflicts}
-        scale_(merged, self.lambda_)
-        merged += base
+        merged, counts = merge_deltas(base, masked, self.lambda_, self.ties, accumulate)
+        if counts is not None:
+            self.per_key[key] = counts
         return merged
 
     def trace(self) -> dict:

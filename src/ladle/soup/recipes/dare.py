@@ -36,8 +36,7 @@ class DarePlan:
     def mix(self, key, tensors, base, accumulate):
         import numpy as np
 
-        from ladle.soup.mixing import (accumulator_dtype, dare_drop, dare_generator, scale_, task_arithmetic,
-                                       task_vectors, ties_merge)
+        from ladle.soup.mixing import accumulator_dtype, dare_drop, dare_generator, merge_deltas, task_vectors
 
         base = base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
         indices = list(range(len(self.weights)))
@@ -49,12 +48,9 @@ class DarePlan:
                 self.kept += int(np.count_nonzero(d))
                 yield d
 
-        if not self.ties:
-            return task_arithmetic(base, dropped(), self.lambda_, accumulate)
-        merged, kept, conflicts = ties_merge(dropped)
-        self.per_key[key] = {"kept": kept, "sign_conflicts": conflicts}
-        scale_(merged, self.lambda_)
-        merged += base
+        merged, counts = merge_deltas(base, dropped, self.lambda_, self.ties, accumulate)
+        if counts is not None:
+            self.per_key[key] = counts
         return merged
 
     def trace(self) -> dict:

@@ -26,8 +26,7 @@ class DellaPlan:
         self.per_key: dict[str, dict[str, int]] = {}
 
     def mix(self, key, tensors, base, accumulate):
-        from ladle.soup.mixing import (accumulator_dtype, dare_generator, della_drop, scale_, task_arithmetic,
-                                       task_vectors, ties_merge)
+        from ladle.soup.mixing import accumulator_dtype, dare_generator, della_drop, merge_deltas, task_vectors
 
         base = base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
         indices = list(range(len(self.weights)))
@@ -36,12 +35,9 @@ class DellaPlan:
             for i, tau in zip(indices, task_vectors(tensors(indices), base, accumulate)):
                 yield della_drop(tau, self.density, self.epsilon, dare_generator(self.seed, f"della\0{key}", i))
 
-        if not self.ties:
-            return task_arithmetic(base, pruned(), self.lambda_, accumulate)
-        merged, kept, conflicts = ties_merge(pruned)
-        self.per_key[key] = {"kept": kept, "sign_conflicts": conflicts}
-        scale_(merged, self.lambda_)
-        merged += base
+        merged, counts = merge_deltas(base, pruned, self.lambda_, self.ties, accumulate)
+        if counts is not None:
+            self.per_key[key] = counts
         return merged
 
     def trace(self) -> dict:

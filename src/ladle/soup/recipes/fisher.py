@@ -14,35 +14,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from ladle.errors import LadleError
-from ladle.soup.recipes import recipe
+from ladle.soup.recipes import PrecomputedPlan, recipe
 from ladle.soup.scoring import Scorer
-
-
-class FisherPlan:
-    """Merged parameters computed up front (`merged`); every other tensor the mean (`weights`)."""
-
-    def __init__(self, n: int, merged: dict, record: dict):
-        self.weights = [1.0 / n] * n
-        self.base_weight = 0.0
-        self.merged, self.record = merged, record
-        self.notes: list[str] = []
-
-    def mix(self, key, tensors, base, accumulate):
-        from ladle.soup.mixing import weighted_sum
-
-        if key in self.merged:
-            return self.merged.pop(key)  # handed out once: memory goes with it
-        return weighted_sum(tensors(list(range(len(self.weights)))), self.weights, accumulate)
-
-    def trace(self) -> dict:
-        return self.record
 
 
 @recipe("fisher", reference="Matena & Raffel 2022, Merging models with Fisher-weighted averaging (NeurIPS)")
 def fisher(n: int, scorer: Scorer,
            examples: Annotated[int, "examples of --data the diagonal Fisher of each ingredient is estimated on"] = 256,
            epsilon: Annotated[float, "added to every Fisher entry: parameters no example moves are averaged"] = 1e-8
-           ) -> FisherPlan:
+           ) -> PrecomputedPlan:
     """Fisher merging: each parameter weighted by each ingredient's diagonal Fisher information on the data."""
     from ladle.progress import progress_bar
 
@@ -64,4 +44,4 @@ def fisher(n: int, scorer: Scorer,
     merged = {k: (weighted[k] / totals[k]).float().numpy() for k in weighted}
     record = {"fisher": {"examples": examples, "epsilon": epsilon, "split": scorer.split, "data": scorer.data_record(),
                          "fisher_mass": mass}}
-    return FisherPlan(n, merged, record)
+    return PrecomputedPlan(n, merged, record)

@@ -12,35 +12,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from ladle.errors import LadleError
-from ladle.soup.recipes import recipe
+from ladle.soup.recipes import PrecomputedPlan, recipe
 from ladle.soup.scoring import Scorer
-
-
-class RegMeanPlan:
-    """Merged linear weights computed up front (`merged`); every other tensor the mean (`weights`)."""
-
-    def __init__(self, n: int, merged: dict, record: dict):
-        self.weights = [1.0 / n] * n
-        self.base_weight = 0.0
-        self.merged = merged
-        self.record = record
-        self.notes: list[str] = []
-
-    def mix(self, key, tensors, base, accumulate):
-        from ladle.soup.mixing import weighted_sum
-
-        if key in self.merged:
-            return self.merged.pop(key)  # handed out once: memory goes with it
-        return weighted_sum(tensors(list(range(len(self.weights)))), self.weights, accumulate)
-
-    def trace(self) -> dict:
-        return self.record
 
 
 @recipe("regmean", reference="Jin et al. 2023, Dataless knowledge fusion by merging weights of language models (RegMean, ICLR)")
 def regmean(n: int, scorer: Scorer,
             alpha: Annotated[float, "weight of the off-diagonal Gram entries (1: plain Gram; below 1 regularises)"] = 0.9,
-            examples: Annotated[int, "examples of --data whose layer inputs make each Gram matrix"] = 256) -> RegMeanPlan:
+            examples: Annotated[int, "examples of --data whose layer inputs make each Gram matrix"] = 256) -> PrecomputedPlan:
     """RegMean: each linear layer merged by least squares on the ingredients' own layer inputs; the rest averaged."""
     import numpy as np
     import torch
@@ -84,7 +63,7 @@ def regmean(n: int, scorer: Scorer,
     record = {"regmean": {"alpha": alpha, "examples": examples, "split": scorer.split, "data": scorer.data_record(),
                           "layers": len(merged), "gram_condition": {k: round(v, 3) for k, v in conditions.items()},
                           "dead_inputs": dead_inputs}}
-    return RegMeanPlan(n, merged, record)
+    return PrecomputedPlan(n, merged, record)
 
 
 def _fan_in_first(weight, fan_in_first: bool):

@@ -21,7 +21,7 @@ class TiesPlan:
         self.per_key: dict[str, dict[str, int]] = {}
 
     def mix(self, key, tensors, base, accumulate):
-        from ladle.soup.mixing import accumulator_dtype, scale_, task_vectors, ties_cut, ties_merge, ties_trim
+        from ladle.soup.mixing import accumulator_dtype, merge_deltas, task_vectors, ties_cut, ties_trim
 
         base = base.astype(accumulator_dtype(base.dtype, accumulate), copy=False)
         indices = list(range(len(self.weights)))
@@ -33,10 +33,7 @@ class TiesPlan:
                     cuts[i] = ties_cut(tau, self.density)
                 yield ties_trim(tau, self.density, cuts[i])
 
-        merged, kept, conflicts = ties_merge(trimmed)
-        self.per_key[key] = {"kept": kept, "sign_conflicts": conflicts}
-        scale_(merged, self.lambda_)
-        merged += base
+        merged, self.per_key[key] = merge_deltas(base, trimmed, self.lambda_, True, accumulate)
         return merged
 
     def trace(self) -> dict:
