@@ -169,8 +169,10 @@ class LoraAdapter:
         m = self.modules[key]
         a = self.weights.array(m.a_key)
         b = self.weights.array(m.b_key)
-        a = np.asarray(a, dtype=np.float32).reshape(m.rank, -1)
+        a = np.array(a, dtype=np.float32).reshape(m.rank, -1)  # a copy: the file's pages can go
         b = np.asarray(b, dtype=np.float32).reshape(-1, m.rank) * np.float32(m.scaling)
+        self.weights.release(m.a_key)
+        self.weights.release(m.b_key)
         return a, b
 
     def delta(self, key: str, accumulate=np.float32) -> np.ndarray:

@@ -25,8 +25,10 @@ from ladle.soup.recipes import BASE_NONE
 
 def cook_adapters(spec, sources: list, *, out, options: dict, params: dict, scorer=None, progress: bool = False):
     """`cook` when LoRA adapters are among the ingredients (see ladle.soup.adapters for what is computed)."""
+    from ladle.heap import steady_heap
     from ladle.soup.record import ACCUMULATORS, Soup, parse_dtype, reproduce_command
 
+    steady_heap()  # module-sized temporaries of growing size would otherwise stay in a fragmented heap
     base_path = _base_path(options)
     if options["encoder_only"]:
         raise LadleError("encoder_only: not for LoRA adapters (leave modules out with --exclude)")
