@@ -67,8 +67,9 @@ def open_updates(source, base=None) -> Updates:
         return source
     if is_adapter(source):
         adapter = LoraAdapter(source)
-        if isinstance(base, (str, Path)) and (Path(base) / "config.json").is_file():
-            from ladle.models.hf_names import folder_checkpoint_names
+        if isinstance(base, (str, Path)) and (Path(base) / "config.json").is_file() \
+                and not set(adapter.modules) <= set(open_ingredient(base).keys()):
+            from ladle.models.hf_names import folder_checkpoint_names  # torch and transformers: only when needed
 
             adapter.rename(folder_checkpoint_names(str(base)))
         return Updates(adapter.name, adapter=adapter, files=adapter.files, notes=adapter.notes)
@@ -271,13 +272,14 @@ class AdapterMix:
         """A rank-`rank` (A, B) of the mixed update, in LoRA's layout; its relative error recorded."""
         module = self.module(key)
         factors = self.exact_factors(key)
-        if factors is not None:
-            a, b, error = lowrank.svd_of_factors(*factors, rank)
-            method = "from factors"
-        else:
-            dense = self.delta(key)
-            dense = dense.T if module.transposed else dense
-            a, b, error, method = lowrank.truncated_svd(dense.reshape(dense.shape[0], -1), rank, seed=key)
+        with _one_blas_thread():  # thin QRs and small SVDs: BLAS threads cost 10x more than they save on busy cores
+            if factors is not None:
+                a, b, error = lowrank.svd_of_factors(*factors, rank)
+                method = "from factors"
+            else:
+                dense = self.delta(key)
+                dense = dense.T if module.transposed else dense
+                a, b, error, method = lowrank.truncated_svd(dense.reshape(dense.shape[0], -1), rank, seed=key)
         self.errors[key], self.methods[key] = error, method
         return a, b
 
@@ -308,6 +310,17 @@ class AdapterMix:
         original = self.base.array(key)
         acc = accumulator_dtype(original.dtype, self.accumulate)
         return converted(original.astype(acc) + self.delta(key), first.dtype)
+
+
+def _one_blas_thread():
+    """threadpoolctl's limit of BLAS to one thread (scikit-learn brings it), or nothing without it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def module_keys(ups: list[Updates], base: Ingredient | None) -> list[str]:
