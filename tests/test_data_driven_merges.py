@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -174,3 +175,136 @@ def test_fisher_of_one_or_of_identical_ingredients_gives_it_back(kitchen):
     for k, v in fts[0].items():
         torch.testing.assert_close(one[k], v, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(same[k], v, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- data per ingredient
+
+
+def test_regmean_reads_each_ingredients_grams_on_its_own_data(kitchen):
+    """--data once per ingredient: Gᵢ from ingredient i's own examples (the paper's setting: one task each)."""
+    data, _, _ = kitchen
+    states = [train_mlp(data["train"], seed) for seed in (0, 1, 2)]
+    parts = {f"part{i}": data["heldout"].subset(range(100 * i, 100 * i + 100), f"part {i}") for i in range(3)}
+    scorer = Taster(Evaluator(mlp(), parts), "part0")
+    scorer.given_splits = list(parts)
+    soup = ladle.cook("regmean", states, scorer=scorer, alpha=0.8, examples=100)
+    assert soup.manifest["trace"]["regmean"]["split_per_ingredient"] == ["part0", "part1", "part2"]
+    xs = [((p.x - 0.5) / 0.5).flatten(1).double() for p in parts.values()]
+    inputs = {"1.weight": xs, "3.weight": [torch.relu(x @ s["1.weight"].double().T + s["1.bias"].double())
+                                           for x, s in zip(xs, states)]}
+    for key, layer_inputs in inputs.items():
+        regular = [0.8 * (x.T @ x) + 0.2 * torch.diag(torch.diagonal(x.T @ x)) for x in layer_inputs]
+        total, rhs = sum(regular), sum(r @ s[key].double().T for r, s in zip(regular, states))
+        dead = torch.diagonal(total) == 0
+        total[dead, dead] = 3.0
+        rhs[dead] = sum(s[key].double().T for s in states)[dead]
+        torch.testing.assert_close(soup.state_dict[key].double(), torch.linalg.solve(total, rhs).T, rtol=1e-4, atol=1e-5)
+    shared = ladle.cook("regmean", states, scorer=Taster(Evaluator(mlp(), parts), "part0"), alpha=0.8, examples=100)
+    assert not torch.allclose(shared.state_dict["1.weight"], soup.state_dict["1.weight"])  # the data did matter
+
+
+def test_fisher_reads_each_ingredients_fisher_on_its_own_data(kitchen):
+    data, _, fts = kitchen
+    parts = {f"part{i}": data["heldout"].subset(range(20 * i, 20 * i + 20), f"part {i}") for i in range(3)}
+    scorer = Taster(Evaluator(linear(), parts), "part0")
+    scorer.given_splits = list(parts)
+    soup = ladle.cook("fisher", fts, scorer=scorer, examples=20)
+    fishers = [linear_fisher(f, (p.x - 0.5) / 0.5) for f, p in zip(fts, parts.values())]
+    for key in ("1.weight", "1.bias"):
+        num = sum((fi[key] + 1e-8) * f[key].double() for fi, f in zip(fishers, fts))
+        den = sum(fi[key] + 1e-8 for fi in fishers)
+        torch.testing.assert_close(soup.state_dict[key].double(), num / den, rtol=1e-4, atol=1e-6)
+
+
+def test_data_given_neither_once_nor_once_per_ingredient_is_refused(kitchen):
+    data, _, fts = kitchen
+    parts = {f"part{i}": data["heldout"].subset(range(10 * i, 10 * i + 10), f"part {i}") for i in range(2)}
+    scorer = Taster(Evaluator(linear(), parts), "part0")
+    scorer.given_splits = list(parts)
+    for recipe in ("fisher", "regmean"):
+        with pytest.raises(LadleError, match=f"{recipe}: --data given 2 times for 3 ingredients"):
+            ladle.cook(recipe, fts, scorer=scorer, examples=5)
+
+
+# ---------------------------------------------------------------- Fisher of causal language models
+
+
+@pytest.fixture(scope="module")
+def language(tmp_path_factory):
+    from text_fixtures import reviews, write_jsonl, write_llama
+
+    root = tmp_path_factory.mktemp("lm")
+    lms = [write_llama(root / f"lm{i}", seed=i) for i in range(2)]
+    corpus = write_jsonl(root / "corpus.jsonl", [{"text": t} for t, _ in reviews(3, seed=3)])
+    other = write_jsonl(root / "other.jsonl", [{"text": t} for t, _ in reviews(3, seed=5)])
+    return lms, corpus, other
+
+
+def exact_next_token_fisher(folder, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Σ_t Σ_v p_t(v)·(∂ log p_t(v)/∂θ)² per text (float64, every token of the vocabulary), averaged over the texts:
+    the expectation the sampled Fisher estimates."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder).double().eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+
+        def log_probs(p):
+            return torch.func.functional_call(model, p, (ids,)).logits[0, :-1].log_softmax(-1)
+
+        jac = torch.func.jacrev(log_probs)(params)  # (positions, vocabulary, *shape) per tensor
+        p = log_probs(params).exp()
+        for k, j in jac.items():
+            total[k] += (p.reshape(*p.shape, *[1] * (j.dim() - 2)) * j ** 2).sum((0, 1))
+    return {k: v / len(texts) for k, v in total.items()}
+
+
+def test_fisher_of_a_language_model_samples_next_tokens_and_estimates_the_exact_expectation(language):
+    from ladle.evaluation.tasting import make_scorer
+    from text_fixtures import reviews
+
+    lms, corpus, _ = language
+    scorer = make_scorer(str(lms[0]), [f"{corpus}:all"], workers=0, split="all")
+    scorer.bind(*_opened(lms[:1]))
+    sampled = scorer.fisher_diagonal(0, examples=3, samples=100, seed=0)
+    exact = exact_next_token_fisher(lms[0], [t for t, _ in reviews(3, seed=3)])
+    assert set(sampled) == set(exact)
+    flat_sampled = torch.cat([sampled[k].flatten() for k in exact])
+    flat_exact = torch.cat([exact[k].flatten() for k in exact])
+    assert float(flat_sampled.sum() / flat_exact.sum()) == pytest.approx(1.0, abs=0.1)  # 300 draws: 1.012
+    assert float(torch.nn.functional.cosine_similarity(flat_sampled, flat_exact, dim=0)) > 0.98  # 300 draws: 0.9995
+    one, again, other = (scorer.fisher_diagonal(0, examples=3, samples=2, seed=s) for s in (0, 0, 1))
+    assert all(torch.equal(one[k], again[k]) for k in one)  # seeded: the same draws
+    assert not torch.equal(one["model.embed_tokens.weight"], other["model.embed_tokens.weight"])
+
+
+def _opened(folders):
+    from ladle.io.checkpoints import open_ingredient
+
+    ingredients = [open_ingredient(str(f)) for f in folders]
+    return ingredients, list(ingredients[0].keys())
+
+
+def test_ladle_cook_fisher_merges_language_models_each_on_its_own_corpus(language, tmp_path, cli):
+    from ladle.io.checkpoints import open_ingredient
+
+    lms, corpus, other = language
+    out = tmp_path / "lm-soup"
+    r = cli("cook", "fisher", *lms, "--data", f"{corpus}:all", "--data", f"{other}:all", "--workers", "0",
+            "--samples", "3", "--examples", "2", "-o", out)
+    assert r.code == 0, r.err
+    soup = open_ingredient(str(out))
+    record = json.loads((out / "ladle.json").read_text())["trace"]["fisher"]
+    assert record["split_per_ingredient"] == [f"{corpus}:all", f"{other}:all"] and record["samples"] == 3
+    a, b = (open_ingredient(str(f)) for f in lms)
+    for k in soup.keys():  # a Fisher-weighted mean: between the ingredients in every coordinate
+        low, high = torch.minimum(a.get(k), b.get(k)), torch.maximum(a.get(k), b.get(k))
+        assert bool(((soup.get(k) >= low - 1e-6) & (soup.get(k) <= high + 1e-6)).all()), k
+    bad = tmp_path / "bad-soup"
+    r = cli("cook", "fisher", *lms, "--data", f"{corpus}:all", "--data", f"{other}:all", "--data", f"{corpus}:all",
+            "--workers", "0", "-o", bad)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "--data given 3 times for 2 ingredients" in r.err and not bad.exists()

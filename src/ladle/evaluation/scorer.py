@@ -41,6 +41,7 @@ class Taster:
         self.headless: list[str] = []  # head keys the ingredients lack (encoder-only): nothing to score with
         self.names: list[str] = []
         self.spec = None  # the TastingSpec it was built from (make_scorer), if any: remakes the soup
+        self.given_splits: list[str] | None = None  # every --data in order (make_scorer): one per ingredient or one
         self._file_keys: list[list[str]] | None = None
         self.last_images = 0  # images the last early-rejecting score_soup pushed through the model
 
@@ -104,11 +105,22 @@ class Taster:
         plan = KeyedPlan(list(weights), by_key=by_key or {})
         return {k: to_torch(v) for k, v in mix_stream(plan, self.ingredients, self.keys)}
 
-    def input_grams(self, i: int, examples: int) -> dict[str, tuple[torch.Tensor, bool]]:
+    def ingredient_splits(self, n: int, recipe: str) -> list[str]:
+        """The split each of n ingredients' statistics (Grams, Fishers) come from: the tasting split for all, or the
+        i-th of `given_splits` when the data were given once per ingredient, in order."""
+        given = self.given_splits or [self.split]
+        if len(given) == 1:
+            return [given[0]] * n
+        if len(given) == n:
+            return list(given)
+        raise LadleError(f"{recipe}: --data given {len(given)} times for {n} ingredients: give it once (the same data "
+                         "for every ingredient) or once per ingredient, in the ingredients' order")
+
+    def input_grams(self, i: int, examples: int, split: str | None = None) -> dict[str, tuple[torch.Tensor, bool]]:
         """Gram matrices XᵀX (float64, fan_in × fan_in) of the inputs of every linear layer (nn.Linear, GPT-2's
-        Conv1D, 1×1 convolutions) of ingredient i on the first `examples` examples of the split, by the layer's
-        weight key, each with whether its weight is stored fan_in first (Conv1D) (tokens and pixels are rows of
-        X; padding tokens included)."""
+        Conv1D, 1×1 convolutions) of ingredient i on the first `examples` examples of `split` (default: the tasting
+        split), by the layer's weight key, each with whether its weight is stored fan_in first (Conv1D) (tokens and
+        pixels are rows of X; padding tokens included)."""
         from ladle.models.hf_names import CheckpointNamed
 
         model = self.evaluator.model
@@ -127,7 +139,7 @@ class Taster:
             return record
 
         hooks = [m.register_forward_hook(hook(name)) for name, m in inner.named_modules() if _is_linear(m)]
-        data = self.evaluator.splits[self.split]
+        data = self.evaluator.splits[split or self.split]
         part = data if len(data) <= examples else data.subset(range(examples), f"first {examples}")
         try:
             self.evaluator.prepare(self.ingredient_state(i), source=self.names[i])
@@ -139,30 +151,56 @@ class Taster:
                 h.remove()
         return grams
 
-    def fisher_diagonal(self, i: int, examples: int) -> dict[str, torch.Tensor]:
-        """The diagonal Fisher of ingredient i's parameters on the first `examples` examples of the split
-        (float64): for each example, Σ_c p(c|x)·(∂ log p(c|x)/∂θ)², the expectation over the model's own predictive
-        distribution, exact over the classes (one backward pass per class); averaged over the examples."""
-        data = self.evaluator.indexable(self.split)
-        if getattr(data, "task", None) == "lm":
-            raise LadleError("fisher: a language model's corpus has no class distribution per example; Fisher merging "
-                             "of causal LMs is not supported yet")
+    def fisher_diagonal(self, i: int, examples: int, split: str | None = None, seed: int = 0,
+                        samples: int = 1) -> dict[str, torch.Tensor]:
+        """The diagonal Fisher of ingredient i's parameters on the first `examples` examples of `split` (default: the
+        tasting split), float64, averaged over the examples: for a classifier (or a multiple-choice item) exact over
+        its classes, Σ_c p(c|x)·(∂ log p(c|x)/∂θ)², one backward pass per class; for a language model's text, the
+        squared gradient of Σ_t log p(y_t|x_<t) with every next token y_t drawn from the model's own distribution
+        (`samples` draws per text, seeded by `seed` and the example): its expectation is Σ_t E_y[(∂ log p(y|x_<t)/∂θ)²],
+        the cross terms vanish because a score has mean zero."""
+        data = self.evaluator.indexable(split or self.split)
         keys = set(self.parameter_keys())
         state = {k: v.to(self.device) for k, v in self.ingredient_state(i).items()}
         params = {k: v.detach().clone().requires_grad_(True) for k, v in state.items() if k in keys and v.is_floating_point()}
         fisher = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in params.items()}
+        language = getattr(data, "task", None) == "lm"
+        if language and samples < 1:
+            raise LadleError(f"samples: must be at least 1, got {samples}")
         count = min(examples, len(data.y))
+
+        def add(objective, weight: float, last: bool) -> None:
+            grads = torch.autograd.grad(objective, list(params.values()), retain_graph=not last, allow_unused=True)
+            for (k, _), g in zip(params.items(), grads):
+                if g is not None:
+                    fisher[k] += weight * g.detach().double().cpu() ** 2
+
         for start in range(0, count):
             x = data.take([start]) if hasattr(data, "take") else data.x[start : start + 1]
+            if language:
+                log_probs = self.next_token_log_probs({**state, **params}, x)  # (scored tokens, vocabulary)
+                draws = torch.Generator().manual_seed(seed * 1_000_003 + start)
+                tokens = torch.multinomial(log_probs.detach().double().exp().cpu(), samples, replacement=True,
+                                           generator=draws).to(log_probs.device)  # (scored tokens, samples)
+                for s in range(samples):
+                    add(log_probs.gather(1, tokens[:, s : s + 1]).sum(), 1.0 / samples, s + 1 == samples)
+                continue
             log_probs = self.forward({**state, **params}, self.evaluator.normalise(x)).float().log_softmax(-1)[0]
             probs = log_probs.detach().exp()
             for c in range(log_probs.shape[0]):
-                grads = torch.autograd.grad(log_probs[c], list(params.values()), retain_graph=c + 1 < log_probs.shape[0],
-                                            allow_unused=True)
-                for (k, _), g in zip(params.items(), grads):
-                    if g is not None:
-                        fisher[k] += float(probs[c]) * g.detach().double().cpu() ** 2
+                add(log_probs[c], float(probs[c]), c + 1 == log_probs.shape[0])
         return {k: v / count for k, v in fisher.items()}
+
+    def next_token_log_probs(self, state: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
+        """A language model's log-distributions of the next token at every scored position of a one-text batch
+        (rows: positions whose token the corpus scores; float32, with gradients into `state`)."""
+        self._needs_head()
+        model = self.evaluator.model.eval()
+        batch = self.evaluator.normalise(batch)
+        out = call_with_state(model, state, (), model_inputs(batch))
+        logits = (out.logits if hasattr(out, "logits") else out)[0, :-1].float()
+        scored = batch["target_mask"][0, 1:].to(logits.device).bool()
+        return logits[scored].log_softmax(-1)
 
     def parameter_keys(self) -> list[str]:
         """The model's floating-point parameters: what a learned soup mixes with learned weights."""

@@ -77,14 +77,23 @@ def resolve(spec: TastingSpec, default_split: str, *, cache_data: bool = False, 
 
     splits = {}
     for text in spec.data:
-        source, split = parse_spec(text)
-        splits[f"{source}:{split or default_split}"] = opened(text, default_split)
+        name = split_name(text, default_split)
+        if name not in splits:  # a source given twice (data per ingredient) is opened once
+            splits[name] = opened(text, default_split)
     own_head = getattr(model.preprocess, "num_labels", None)  # a text classifier folder's own head
     model.num_classes = spec.num_classes or own_head or next(iter(splits.values())).num_classes
     bn_data = None
     if recalibrate if recalibrate is not None else spec.bn == "recalibrate":
         bn_data = opened(spec.bn_data or f"{parse_spec(spec.data[0])[0]}:train", "train")
     return Tasting(spec, model, splits, bn_data, spec.device or default_device())
+
+
+def split_name(text: str, default_split: str) -> str:
+    """What a `--data SOURCE[:split]` is called among a tasting's splits."""
+    from ladle.data import parse_spec
+
+    source, split = parse_spec(text)
+    return f"{source}:{split or default_split}"
 
 
 def make_scorer(spec: TastingSpec | str | None = None, data: list[str] | None = None, *, split: str = "heldout",
@@ -100,6 +109,7 @@ def make_scorer(spec: TastingSpec | str | None = None, data: list[str] | None = 
     evaluator = tasting.evaluator(progress=progress, store=logit_cache())
     taster = Taster(evaluator, split=next(iter(tasting.splits)))
     taster.spec = spec  # what remakes the soup (the reproduce command in manifests and model cards)
+    taster.given_splits = [split_name(text, split) for text in spec.data]  # Fisher, RegMean: data per ingredient
     return taster
 
 

@@ -4,9 +4,11 @@ posterior mode of a Laplace approximation of each ingredient (Matena & Raffel 20
     θ = Σᵢ (Fᵢ + ε)·θᵢ / Σᵢ (Fᵢ + ε)
 
 Fᵢ = E_x Σ_c p(c|x)·(∂ log p(c|x)/∂θ)² over `--examples` examples of `--data`, the expectation over the model's own
-predictive distribution (exact over the classes). Fishers are computed one ingredient at a time and accumulated
-at once (memory: the model and two accumulators, not N Fishers); tensors without a Fisher (BatchNorm statistics)
-are averaged.
+predictive distribution: exact over the classes of a classifier; for a causal language model over its next-token
+distributions, sampled (`--samples` draws per text, seeded by `--seed`). `--data` once for all ingredients, or once
+per ingredient in order (each Fisher on its own ingredient's data). Fishers are computed one ingredient at a time
+and accumulated at once (memory: the model and two accumulators, not N Fishers); tensors without a Fisher
+(BatchNorm statistics) are averaged.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from ladle.soup.scoring import Scorer
 @recipe("fisher", reference="Matena & Raffel 2022, Merging models with Fisher-weighted averaging (NeurIPS)")
 def fisher(n: int, scorer: Scorer,
            examples: Annotated[int, "examples of --data the diagonal Fisher of each ingredient is estimated on"] = 256,
-           epsilon: Annotated[float, "added to every Fisher entry: parameters no example moves are averaged"] = 1e-8
-           ) -> PrecomputedPlan:
+           epsilon: Annotated[float, "added to every Fisher entry: parameters no example moves are averaged"] = 1e-8,
+           samples: Annotated[int, "language models: next tokens drawn per text from the model's distribution"] = 1,
+           seed: Annotated[int, "language models: seed of the drawn next tokens"] = 0) -> PrecomputedPlan:
     """Fisher merging: each parameter weighted by each ingredient's diagonal Fisher information on the data."""
     from ladle.progress import progress_bar
 
@@ -30,9 +33,12 @@ def fisher(n: int, scorer: Scorer,
         raise LadleError(f"examples: must be at least 1, got {examples}")
     if not epsilon >= 0:
         raise LadleError(f"epsilon: must be non-negative, got {epsilon}")
+    if samples < 1:
+        raise LadleError(f"samples: must be at least 1, got {samples}")
+    splits = scorer.ingredient_splits(n, "fisher")
     weighted, totals, mass = {}, {}, []
     for i in progress_bar(range(n), desc="fisher information", unit="ingredient", enabled=scorer.progress):
-        diagonal = scorer.fisher_diagonal(i, examples)
+        diagonal = scorer.fisher_diagonal(i, examples, split=splits[i], seed=seed, samples=samples)
         state = scorer.ingredient_state(i)
         for key, f in diagonal.items():
             f = f + epsilon
@@ -42,6 +48,6 @@ def fisher(n: int, scorer: Scorer,
     if any(float(t.min()) <= 0 for t in totals.values()):
         raise LadleError("fisher: some parameters have zero Fisher in every ingredient; give --epsilon > 0")
     merged = {k: (weighted[k] / totals[k]).float().numpy() for k in weighted}
-    record = {"fisher": {"examples": examples, "epsilon": epsilon, "split": scorer.split, "data": scorer.data_record(),
-                         "fisher_mass": mass}}
+    record = {"fisher": {"examples": examples, "epsilon": epsilon, "samples": samples, "seed": seed,
+                         "split_per_ingredient": splits, "data": scorer.data_record(), "fisher_mass": mass}}
     return PrecomputedPlan(n, merged, record)
