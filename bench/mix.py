@@ -4,6 +4,7 @@
     .venv/bin/python bench/mix.py --quick         # N = 2, 4 only
     .venv/bin/python bench/mix.py --sizes-mb 64   # smaller ingredients
     .venv/bin/python bench/mix.py --llama         # whole processes on 4 Llama-style 1.08 GB checkpoints, + mergekit
+    .venv/bin/python bench/mix.py --llama --llama-size-mb 512   # the same on 4 x 512 MiB (64: a smoke test)
 
 Why it is built this way:
 - Every measurement runs in a fresh child process, so peak RSS belongs to that run alone. Two kinds:
@@ -23,6 +24,10 @@ Why it is built this way:
   input byte, as for a first soup of new files. sha256 runs at ~1.5-1.8 GB/s per core, below the
   page-cache read rate, so 'cold' cannot reach the I/O bound on a few cores. The whole-process `ladle cook`
   uses the same primed cache (it still hashes its output); `cook --no-hash` hashes nothing.
+- --llama reports the I/O bound of the run itself: `python -c pass` + `cat` of the inputs + `dd` of one soup-sized
+  file with conv=fsync (medians of the same run), and every whole-process mode's median wall as a ratio to it and
+  to `ladle cook`'s, beside the targets: cook <= 1.3x the bound (hashing on), cook >= 4x faster than mergekit,
+  >= 3x faster than the model-soups loop, `ladle check` of the same files <= 1.0x the cook.
 - Before each run it waits (up to --max-wait, --wait-budget in all) for the machine to be quiet, and
   each run records the CPU time other processes took meanwhile; a disturbed run is repeated
   (--retries), then flagged.
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -52,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "ladle-bench"  # outside the repository: several GB
 MODES = ("ladle", "cold", "io", "naive")  # in-process; cold: ladle with no sha256 cache (a first soup of new files)
 WHOLE_MODES = ("python", "imports", "cat-dd", "cook")  # whole processes, exec to exit, beside every sweep row
-LLAMA_MODES = ("python", "imports", "cat-dd", "cook", "cook-nohash", "soups-loop", "mergekit", "ladle", "io")
+LLAMA_MODES = ("python", "imports", "cat-dd", "cook", "cook-nohash", "check", "soups-loop", "mergekit", "ladle", "io")
 NO_INPUTS = ("python", "imports")  # read no ingredient
 SOUPS = ("cook", "cook-nohash", "soups-loop", "mergekit", "ladle")  # modes whose output is checked (--llama)
 DTYPES = ("float32", "bfloat16")
@@ -61,13 +67,14 @@ MiB = 1 << 20
 CHUNK = 8 * MiB
 TIME = "/usr/bin/time"  # GNU time: %M is the command's own ru_maxrss
 
-# Targets from the issue (#11).
+# Targets from the issues (#11; #22 measures (a) at 512 MiB too and adds `ladle check`).
 MIN_IO_RATIO = {"float32": 0.9, "bfloat16": 0.8}  # (b) in-process ladle throughput / I/O-bound throughput, every N
 RSS_ABOVE_BARE_MIB = 128  # (c) ladle peak RSS above the bare process (what `ladle cook` imports, nothing else)
 RSS_FLAT_MIB = 64  # (c) "flat in N": max - min of that over N
-MAX_WHOLE_RATIO = 1.3  # (a) whole `ladle cook` of 4 x 1.08 GB / (cat-and-dd bound + bare python)
+MAX_WHOLE_RATIO = 1.3  # (a) whole `ladle cook` of 4 x 1.08 GB (#22: and 4 x 512 MiB) / (cat-and-dd bound + bare python)
 MIN_VS_MERGEKIT = 4.0  # (a) mergekit linear wall time / ladle cook wall time
 MIN_VS_SOUPS_LOOP = 3.0  # (a) model-soups loop wall time / ladle cook wall time
+MAX_CHECK_VS_COOK = 1.0  # (#22) whole `ladle check` of the same files / whole `ladle cook` (hashing on)
 MAX_ABS_ERR = 1e-5  # every soup must equal the mean of its inputs (float32, checked on a few tensors)
 
 # The bare process: the modules `ladle cook` imports and nothing else (the CLI's parser, which imports every
@@ -97,15 +104,22 @@ os.fsync(fd)
 os.close(fd)
 """
 
-# --llama: a Llama-style model of 271,090,688 parameters (float32: 1.084 GB per file). The MLP width follows
-# Llama's own rule (8/3 x hidden, rounded up to a multiple of 256); no grouped-query attention; untied embeddings
-# (embed_tokens and lm_head: 2 x 32.8 M); 16 layers of 12.85 M (attention 4.19 M, MLP 8.65 M, two norms).
-LLAMA_CONFIG = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16,
-                "num_key_value_heads": 16, "vocab_size": 32000, "max_position_embeddings": 2048,
-                "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+# --llama: Llama-style float32 models, chosen by --llama-size-mb (the nominal size of one checkpoint). The MLP width
+# follows Llama's own rule (8/3 x hidden, rounded up to a multiple of 256); no grouped-query attention; untied
+# embeddings (embed_tokens and lm_head).
+LLAMA_MODELS = {
+    # 271,090,688 parameters, 1.084 GB per file: embeddings 2 x 32.8 M; 16 layers of 12.85 M (attention 4.19 M, MLP 8.65 M)
+    1080: ("llama-271m-fp32", {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16,
+                               "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 32000}),
+    # 134,105,856 parameters, 536 MB (511.6 MiB) per file: embeddings 2 x 24.6 M; 12 layers of 7.08 M
+    512: ("llama-134m-fp32", {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
+                              "num_attention_heads": 12, "num_key_value_heads": 12, "vocab_size": 32000}),
+    # 16,717,056 parameters, 66.9 MB (63.8 MiB) per file, for smoke tests: embeddings 2 x 4.1 M; 10 layers of 0.85 M
+    64: ("llama-17m-fp32", {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 10,
+                            "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 16000}),
+}
+LLAMA_COMMON = {"max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
 LLAMA_COUNT = 4
-LLAMA_CHECK_KEYS = ("model.norm.weight", "model.layers.0.self_attn.q_proj.weight",
-                    "model.layers.15.mlp.down_proj.weight")
 MERGEKIT_VENV_GB = 6.0  # free disk wanted before installing mergekit (torch with its CUDA wheels is ~4.5 GB)
 
 
@@ -187,31 +201,45 @@ def ensure_inputs(workdir: Path, size_mib: int, dtype_name: str, count: int, see
     return paths
 
 
-def llama_shapes():
+def llama_config(size_mb: int) -> tuple[str, dict]:
+    """The name and the LlamaConfig fields of the --llama-size-mb model."""
+    name, shape = LLAMA_MODELS[size_mb]
+    return name, {**shape, **LLAMA_COMMON}
+
+
+def llama_check_keys(size_mb: int) -> tuple[str, ...]:
+    """The tensors every soup is checked on: the final norm, the first layer's q_proj and the last layer's down_proj."""
+    last = LLAMA_MODELS[size_mb][1]["num_hidden_layers"] - 1
+    return ("model.norm.weight", "model.layers.0.self_attn.q_proj.weight", f"model.layers.{last}.mlp.down_proj.weight")
+
+
+def llama_shapes(size_mb: int):
     """The LlamaConfig and the (key, shape) list of LlamaForCausalLM's state dict, built on the meta device."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**LLAMA_CONFIG, architectures=["LlamaForCausalLM"], dtype="float32")
+    config = LlamaConfig(**llama_config(size_mb)[1], architectures=["LlamaForCausalLM"], dtype="float32")
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     return config, [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
 
 
-def ensure_llama(workdir: Path, seed: int) -> tuple[list[Path] | None, str]:
-    """LLAMA_COUNT checkpoints in save_pretrained layout (a directory with model.safetensors and config.json),
-    generated once. Returns the directories, or None and why they could not be made (not enough disk)."""
+def ensure_llama(workdir: Path, seed: int, size_mb: int) -> tuple[list[Path] | None, str]:
+    """LLAMA_COUNT checkpoints of the --llama-size-mb model in save_pretrained layout (a directory with
+    model.safetensors and config.json), generated once. Returns the directories, or None and why they could not
+    be made (not enough disk)."""
     import torch
     from safetensors.torch import save_file
 
-    folder = workdir / "llama-271m-fp32"
+    name, fields = llama_config(size_mb)
+    folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
     record_path = folder / "inputs.json"
-    spec = {"layout": LAYOUT_VERSION, "config": LLAMA_CONFIG, "dtype": "float32", "seed": seed}
+    spec = {"layout": LAYOUT_VERSION, "config": fields, "dtype": "float32", "seed": seed}
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     if record.get("spec") != spec:
         record = {"spec": spec, "sizes": {}}
-    config, shapes = llama_shapes()
+    config, shapes = llama_shapes(size_mb)
     nbytes = 4 * sum(math.prod(s) for _, s in shapes)
     dirs = [folder / f"ckpt-{i}" for i in range(LLAMA_COUNT)]
 
@@ -461,7 +489,7 @@ def child(mode: str, inputs: list[str], out: str) -> None:
     except ImportError:  # not installed: use the checkout this script lives in
         sys.path.append(str(ROOT / "src"))
         import ladle
-    import safetensors.torch  # noqa: F401
+    importlib.import_module("safetensors.torch")  # every mode pays the same imports
 
     if mode == "cold":
         os.environ["LADLE_HASH_CACHE"] = "0"  # hash every input byte, as for files never seen before
@@ -504,6 +532,8 @@ def whole_command(mode: str, inputs: list[Path], files: list[Path], out: Path, c
     if mode in ("cook", "cook-nohash"):
         flags = ["--no-hash"] if mode == "cook-nohash" else []
         return [*ladle_command(), "cook", "uniform", *map(str, inputs), "-o", str(out), *flags], None
+    if mode == "check":  # the preflight of the same inputs; writes nothing
+        return [*ladle_command(), "check", *map(str, inputs)], None
     if mode == "soups-loop":
         return [sys.executable, "-c", SOUPS_LOOP, str(out), *map(str, files)], None
     if mode == "mergekit":
@@ -647,9 +677,10 @@ def sweep(args) -> list[dict]:
 
 
 def llama(args) -> dict:
-    """Whole processes on LLAMA_COUNT Llama-style checkpoints: ladle cook (+ --no-hash), the cat-and-dd bound,
-    bare python, the bare-process baseline, the model-soups loop and mergekit's linear merge."""
-    dirs, why = ensure_llama(args.workdir, args.seed)
+    """Whole processes on LLAMA_COUNT Llama-style checkpoints: ladle cook (+ --no-hash), ladle check, the cat-and-dd
+    bound, bare python, the bare-process baseline, the model-soups loop and mergekit's linear merge."""
+    size = args.llama_size_mb
+    dirs, why = ensure_llama(args.workdir, args.seed, size)
     if dirs is None:
         log(f"--llama skipped: {why}")
         return {"skipped": why}
@@ -658,7 +689,7 @@ def llama(args) -> dict:
     mergekit, mergekit_note = ensure_mergekit(args)
     scratch = args.workdir / f"llama-soups-{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)
-    ctx = {"expected": reference(files, LLAMA_CHECK_KEYS), "mergekit": mergekit,
+    ctx = {"expected": reference(files, llama_check_keys(size)), "mergekit": mergekit,
            "mergekit_config": write_mergekit_config(scratch / "mergekit.yml", dirs)}
     modes = [m for m in LLAMA_MODES if m != "mergekit" or mergekit]
     runs: dict[str, list[dict]] = {m: [] for m in modes}
@@ -680,11 +711,18 @@ def llama(args) -> dict:
             if r >= args.warmup:
                 runs[mode].append(res)
     shutil.rmtree(scratch, ignore_errors=True)
-    _, shapes = llama_shapes()
-    return {"model": "llama-271m-fp32", "n": LLAMA_COUNT, "params": sum(math.prod(s) for _, s in shapes),
-            "file_bytes": files[0].stat().st_size, "inputs": [str(d) for d in dirs],
-            "mergekit_version": mergekit_versions(mergekit) if mergekit and "mergekit" in runs else None,
-            "mergekit_note": mergekit_note, **{m: summarise(v) for m, v in runs.items()}}
+    _, shapes = llama_shapes(size)
+    row = {"model": llama_config(size)[0], "size_mb": size, "config": llama_config(size)[1], "n": LLAMA_COUNT,
+           "params": sum(math.prod(s) for _, s in shapes), "file_bytes": files[0].stat().st_size,
+           "inputs": [str(d) for d in dirs],
+           "mergekit_version": mergekit_versions(mergekit) if mergekit and "mergekit" in runs else None,
+           "mergekit_note": mergekit_note, **{m: summarise(v) for m, v in runs.items()}}
+    # The I/O bound of this run (medians of its own python and cat-dd runs), and every mode's ratios to it and to cook.
+    row["bound_s"] = row["python"]["wall_s"] + row["cat-dd"]["wall_s"]
+    for m in runs:
+        row[m]["x_bound"] = whole_ratio(row, m)
+        row[m]["x_cook"] = row[m]["wall_s"] / row["cook"]["wall_s"]
+    return row
 
 
 def noisy_run(res: dict) -> bool:
@@ -704,6 +742,21 @@ def above_bare(row: dict, mode: str) -> float:
 def whole_ratio(row: dict, mode: str = "cook") -> float:
     """Whole-process wall time / (cat-and-dd bound + bare python)."""
     return row[mode]["wall_s"] / (row["cat-dd"]["wall_s"] + row["python"]["wall_s"])
+
+
+def llama_target(row: dict, mode: str) -> tuple[str, str, bool] | None:
+    """The issue's target on a --llama mode's ratio, if it has one: (target, measured, met)."""
+    if mode in ("cook", "cook-nohash"):
+        ratio = whole_ratio(row, mode)
+        return f"<= {MAX_WHOLE_RATIO}x bound", f"{ratio:.2f}x", ratio <= MAX_WHOLE_RATIO
+    if mode == "check":
+        ratio = row["check"]["wall_s"] / row["cook"]["wall_s"]
+        return f"<= {MAX_CHECK_VS_COOK}x cook", f"{ratio:.2f}x", ratio <= MAX_CHECK_VS_COOK
+    if mode in ("mergekit", "soups-loop"):
+        want = MIN_VS_MERGEKIT if mode == "mergekit" else MIN_VS_SOUPS_LOOP
+        speedup = row[mode]["wall_s"] / row["cook"]["wall_s"]
+        return f"cook >= {want:.0f}x faster", f"{speedup:.2f}x", speedup >= want
+    return None
 
 
 def _failing(cells: list[str]) -> str:
@@ -752,22 +805,20 @@ def evaluate(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
 
 
 def evaluate_llama(row: dict) -> list[tuple[str, bool | None, str]]:
-    """Target (a) and the Llama-size part of (c)."""
+    """Target (a), `ladle check` against the cook, and the Llama-size part of (c)."""
+    size = f"{row['n']} x {row['file_bytes'] / 1e9:.2f} GB"
     checks = []
-    for mode, label in (("cook", "`ladle cook`"), ("cook-nohash", "`ladle cook --no-hash`")):
-        ratio = whole_ratio(row, mode)
-        checks.append((f"(a) whole process {label} <= {MAX_WHOLE_RATIO} x (cat-and-dd bound + bare python)",
-                       ratio <= MAX_WHOLE_RATIO, f"measured {ratio:.2f}x"))
-    if "mergekit" in row:
-        speedup = row["mergekit"]["wall_s"] / row["cook"]["wall_s"]
-        checks.append((f"(a) `ladle cook` >= {MIN_VS_MERGEKIT:.0f}x faster than mergekit linear", speedup >= MIN_VS_MERGEKIT,
-                       f"measured {speedup:.2f}x"))
-    else:
-        checks.append((f"(a) `ladle cook` >= {MIN_VS_MERGEKIT:.0f}x faster than mergekit linear", None,
-                       f"mergekit {row['mergekit_note']}"))
-    speedup = row["soups-loop"]["wall_s"] / row["cook"]["wall_s"]
-    checks.append((f"(a) `ladle cook` >= {MIN_VS_SOUPS_LOOP:.0f}x faster than the model-soups loop",
-                   speedup >= MIN_VS_SOUPS_LOOP, f"measured {speedup:.2f}x"))
+    for mode, label in (("cook", "(a) {}: whole process `ladle cook`"),
+                        ("cook-nohash", "(a) {}: whole process `ladle cook --no-hash`"),
+                        ("mergekit", "(a) {}: against mergekit linear,"),
+                        ("soups-loop", "(a) {}: against the model-soups loop,"),
+                        ("check", "(#22) {}: whole process `ladle check`")):
+        if mode not in row:  # mergekit not installed, or it failed
+            checks.append((f"(a) {size}: against mergekit linear, cook >= {MIN_VS_MERGEKIT:.0f}x faster", None,
+                           f"mergekit {row['mergekit_note']}"))
+            continue
+        target, measured, ok = llama_target(row, mode)
+        checks.append((f"{label.format(size)} {target}", ok, f"measured {measured}"))
     for mode, label in (("cook", "`ladle cook`"), ("cook-nohash", "`ladle cook --no-hash`")):
         extra = above_bare(row, mode)
         checks.append((f"(c) {label} peak RSS <= {RSS_ABOVE_BARE_MIB} MiB above the bare process, N = {row['n']}",
@@ -781,7 +832,7 @@ def evaluate_llama(row: dict) -> list[tuple[str, bool | None, str]]:
                        f"measured +{row['ladle']['rss_mib']:.0f} MiB"))
     wrong = [f"{m} ({row[m]['max_abs_err']:.1e})" for m in SOUPS if m in row
              and max(r["max_abs_err"] for r in row[m]["runs"]) > MAX_ABS_ERR]
-    checks.append((f"every soup equals the mean of its inputs (max |error| <= {MAX_ABS_ERR:g} on {len(LLAMA_CHECK_KEYS)} "
+    checks.append((f"every soup equals the mean of its inputs (max |error| <= {MAX_ABS_ERR:g} on {len(llama_check_keys(row['size_mb']))} "
                    "tensors)", not wrong, _failing(wrong)))
     return checks
 
@@ -848,6 +899,7 @@ LLAMA_WHAT = {
     "cat-dd": "`cat inputs > /dev/null; dd … conv=fsync` (I/O bound)",
     "cook": "`ladle cook uniform A B C D -o soup.safetensors`",
     "cook-nohash": "the same with `--no-hash`",
+    "check": "`ladle check A B C D` (the preflight)",
     "soups-loop": "model-soups loop: load_file each, running sum, save_file",
     "mergekit": "`mergekit-yaml` linear, float32 (+ fsync of its files)",
     "ladle": "in-process `ladle.cook` (work only; RSS above idle)",
@@ -858,33 +910,40 @@ LLAMA_WHAT = {
 def markdown_llama(row: dict, checks, env: dict) -> str:
     if "skipped" in row:
         return f"--llama skipped: {row['skipped']}\n"
-    head = ("| mode | what | wall s (median) | runs s | input GB/s | CPU s | peak RSS MiB "
-            "| above bare (or idle) MiB | `ladle cook` faster by |")
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    cook = row["cook"]["wall_s"]
+    bound, cook = row["bound_s"], row["cook"]["wall_s"]
+    head = ("| mode | what | wall s (median) | x bound | x cook | target | runs s | peak RSS MiB "
+            "| above bare (or idle) MiB | CPU s | input GB/s |")
+    lines = [f"{row['n']} x {row['file_bytes'] / 1e9:.3f} GB ({row['model']}). I/O bound of this run = `python -c pass` "
+             f"{row['python']['wall_s']:.3f} s + cat-and-dd {row['cat-dd']['wall_s']:.3f} s = **{bound:.3f} s**.", "",
+             head, "|" + "---|" * head.count(" | ") + "---|",
+             f"| bound | `python -c pass` + cat-and-dd (medians of this run) | {bound:.3f} | 1.00 | {bound / cook:.2f} "
+             "| | | | | | |"]
     for mode in LLAMA_MODES:
         if mode not in row:
-            lines.append(f"| {mode} | {LLAMA_WHAT[mode]} | — (mergekit {row['mergekit_note']}) | | | | | | |")
+            lines.append(f"| {mode} | {LLAMA_WHAT[mode]} | — (mergekit {row['mergekit_note']}) | | | | | | | | |")
             continue
         m = row[mode]
         runs = ", ".join(f"{x['wall_s']:.2f}" for x in m["runs"])
         above = (f"{above_bare(row, mode):+.0f}" if mode in ("cook", "cook-nohash") else
                  f"{m['rss_mib']:+.0f} (idle)" if "rss_mib" in m else "")
-        faster = f"{m['wall_s'] / cook:.2f}x" if mode in ("soups-loop", "mergekit") else ""
-        lines.append(f"| {mode} | {LLAMA_WHAT[mode]} | {m['wall_s']:.3f} | {runs} | {fmt(m['gbps'])} | {m['cpu_s']:.2f} "
-                     f"| {m['peak_rss_mib']:.0f} | {above} | {faster} |")
-    bound = row["cat-dd"]["wall_s"] + row["python"]["wall_s"]
-    c = LLAMA_CONFIG
+        ratios = "— | —" if mode in MODES else f"{m['x_bound']:.2f} | {m['x_cook']:.2f}"  # in-process: work only
+        target = llama_target(row, mode)
+        target = f"{target[0]}: {'PASS' if target[2] else 'FAIL'}" if target else ""
+        lines.append(f"| {mode} | {LLAMA_WHAT[mode]} | {m['wall_s']:.3f} | {ratios} | {target} | {runs} "
+                     f"| {m['peak_rss_mib']:.0f} | {above} | {m['cpu_s']:.2f} | {fmt(m['gbps'])} |")
+    c = row["config"]
     notes = [
         "",
         f"{row['n']} checkpoints of a Llama-style model, {row['params']:,} float32 parameters, {row['file_bytes'] / 1e9:.3f} GB "
         f"each, in save_pretrained layout (`model.safetensors` + `config.json`): hidden {c['hidden_size']}, intermediate "
         f"{c['intermediate_size']}, {c['num_hidden_layers']} layers, {c['num_attention_heads']} heads "
         f"({c['num_key_value_heads']} key/value heads), vocab {c['vocab_size']}, "
-        f"{'tied' if c['tie_word_embeddings'] else 'untied'} embeddings. ladle and mergekit are given the directories.",
-        f"I/O bound = cat-and-dd + bare python = {bound:.2f} s; `ladle cook` / bound = {whole_ratio(row):.2f} "
-        f"(--no-hash: {whole_ratio(row, 'cook-nohash'):.2f}). `ladle cook` minus the bare process (imports) = "
-        f"{cook - row['imports']['wall_s']:.2f} s of work."
+        f"{'tied' if c['tie_word_embeddings'] else 'untied'} embeddings. ladle (cook, check) and mergekit are given the directories; the inputs' sha256 is primed "
+        f"(untimed) in a private cache, {os.environ['LADLE_CACHE_DIR']}.",
+        "x bound = median wall / this run's I/O bound; x cook = median wall / `ladle cook`'s (the targets: cook <= "
+        f"{MAX_WHOLE_RATIO}x bound with hashing on, cook >= {MIN_VS_MERGEKIT:.0f}x faster than mergekit and "
+        f">= {MIN_VS_SOUPS_LOOP:.0f}x than the soups loop, check <= {MAX_CHECK_VS_COOK}x cook). "
+        f"`ladle cook` minus the bare process (imports) = {cook - row['imports']['wall_s']:.2f} s of work."
         + (f" In-process, ladle / I/O bound = {row['ladle']['gbps'] / row['io']['gbps']:.2f}." if "ladle" in row else ""),
         f"Above bare = peak RSS minus the bare process's peak ({row['imports']['peak_rss_mib']:.0f} MiB: "
         f"`python -c '{IMPORTS}'`).",
@@ -927,15 +986,18 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"where generated ingredients (reused) and scratch soups go (default {DEFAULT_WORKDIR}); "
                         "a real disk, not tmpfs, and not inside the repository")
     p.add_argument("--report", type=Path, default=None,
-                   help="markdown report; the JSON goes next to it (.json) "
-                        "(default bench/results/mix.md, or mix-llama.md with --llama)")
+                   help="markdown report; the JSON goes next to it (.json) (default bench/results/mix.md; with "
+                        "--llama, mix-llama.md at 1080 MB and mix-llama-SIZE.md at other sizes)")
     p.add_argument("--sizes-mb", type=int, nargs="+", default=[256], help="MiB per ingredient file (default 256)")
     p.add_argument("--ns", type=int, nargs="+", default=[2, 4, 8, 16], help="numbers of ingredients")
     p.add_argument("--quick", action="store_true", help="N = 2, 4 only, and at most 60 s of waiting for quiet")
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     p.add_argument("--llama", action="store_true",
-                   help=f"instead of the sweep: whole processes on {LLAMA_COUNT} Llama-style 271M-parameter fp32 "
-                        "checkpoints (1.08 GB each; ~5.5 GB of disk with one output), including mergekit")
+                   help=f"instead of the sweep: whole processes on {LLAMA_COUNT} Llama-style fp32 checkpoints "
+                        "(--llama-size-mb), including mergekit and `ladle check`")
+    p.add_argument("--llama-size-mb", type=int, choices=sorted(LLAMA_MODELS), default=1080,
+                   help="size of each --llama checkpoint: 1080 (271M parameters, 1.084 GB; ~5.5 GB of disk with one "
+                        "output; the default), 512 (134M, 511.6 MiB) or 64 (17M, 63.8 MiB: smoke tests)")
     p.add_argument("--mergekit-venv", type=Path, default=Path(tempfile.gettempdir()) / "mergekit-venv",
                    help="side venv holding mergekit (default %(default)s; created with `pip install mergekit` if missing, "
                         "then reused)")
@@ -971,7 +1033,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.workdir.is_relative_to(ROOT):
         sys.exit(f"--workdir {args.workdir} is inside the repository; give a directory outside it")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    args.report = args.report or ROOT / "bench" / "results" / ("mix-llama.md" if args.llama else "mix.md")
+    name = "mix.md" if not args.llama else "mix-llama.md" if args.llama_size_mb == 1080 else f"mix-llama-{args.llama_size_mb}.md"
+    args.report = args.report or ROOT / "bench" / "results" / name
     os.environ.setdefault("LADLE_CACHE_DIR", str(args.workdir / "hash-cache"))  # the children's sha256 cache
 
     started = time.perf_counter()
