@@ -471,9 +471,74 @@ def test_a_soup_is_hashed_as_written_and_remembered_under_its_final_name(pair, t
             monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path / "cache"))
 
 
+def test_with_its_inputs_hashed_before_a_soup_is_hashed_from_the_buffers_it_writes_never_read_back(ckpt, tmp_path,
+                                                                                                  monkeypatch):
+    """Inputs whose sha256 the cache holds: the manifest is known before mixing, so the header goes first and the
+    tensors follow in the file's order (not the keys': wider dtypes first), each buffer hashed as it is written —
+    nothing is read back. A recipe whose trace grows while mixing (karcher) has its header rewritten and the file
+    read back; inputs not hashed yet, likewise. Every digest is the file's."""
+    from ladle.io import hashing, writer
+
+    monkeypatch.setenv("LADLE_CACHE_DIR", str(tmp_path / "cache"))
+    states = [{"a.weight": torch.randn(3, 4, generator=torch.Generator().manual_seed(i)),
+               "steps": torch.tensor(5, dtype=torch.int64),
+               "b.weight": torch.arange(5, dtype=torch.bfloat16) + i,
+               "c.bias": torch.full((7,), float(i)),
+               "d.scale": torch.arange(3, dtype=torch.float64) * i} for i in range(3)]
+    paths = [ckpt.st(f"in{i}", s) for i, s in enumerate(states)]
+    for f in paths:
+        hashing.sha256_file(f)
+    read_back = []
+    real = writer.sha256_content
+    monkeypatch.setattr(writer, "sha256_content", lambda *a, **k: read_back.append(a[0]) or real(*a, **k))
+
+    def cooked(recipe, out, **options):
+        read_back.clear()
+        soup = ladle.cook(recipe, paths, out=out, force=True, **options)
+        files = [out] if out.is_file() else sorted(out.glob("model*.safetensors"))
+        for f in files:
+            assert soup.sha256[f.name] == hashlib.sha256(f.read_bytes()).hexdigest()
+        return soup, list(read_back)
+
+    first, reread = cooked("uniform", tmp_path / "soup.safetensors")
+    assert reread == []
+    keys = list(states[0])
+    with open(tmp_path / "soup.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    assert sorted(keys, key=lambda k: header[k]["data_offsets"][0]) != keys  # the file's order is not the keys'
+    _, reread = cooked("uniform", tmp_path / "sharded", max_shard_size=40)
+    assert reread == []  # every shard's header is known before its data
+    _, reread = cooked("karcher", tmp_path / "karcher.safetensors")
+    assert len(reread) == 1  # its trace (iterations per tensor) is known only after mixing
+    monkeypatch.setenv("LADLE_HASH_CACHE", "0")
+    second, reread = cooked("uniform", tmp_path / "soup2.safetensors")
+    assert len(reread) == 1  # inputs not hashed before: the manifest is known after mixing
+    a, b = load_file(tmp_path / "soup.safetensors"), load_file(tmp_path / "soup2.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a) and list(a) == list(b)
+    for k in keys:  # the uniform soup, whatever order the tensors were mixed in
+        if states[0][k].is_floating_point():
+            expected = (sum(s[k].double() for s in states) / 3).to(states[0][k].dtype)
+            torch.testing.assert_close(a[k], expected, rtol=1e-2 if k == "b.weight" else 1e-6, atol=1e-6)
+
+
+def test_a_failure_in_the_writer_thread_is_raised_to_the_caller_and_leaves_nothing(tmp_path):
+    out = tmp_path / "s.safetensors"
+    with pytest.raises(RuntimeError, match="'a' arrived as F64"):
+        with SoupWriter(out, {"a": TensorInfo((2,), "F32"), "b": TensorInfo((2,), "F32")}) as w:
+            w.add("a", np.zeros(2, dtype=np.float64))  # not what was planned: the thread fails on it
+            w.add("b", np.zeros(2, dtype=np.float32))
+            w.finish({"recipe": "hand"})
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- streaming into a reserved file
 
-def test_each_tensor_is_in_the_file_as_soon_as_it_is_added(tmp_path):
+def test_a_tensor_waits_in_the_queue_only_while_the_queue_is_full(tmp_path, monkeypatch):
+    """The writer thread writes each tensor at its offset while the next is mixed; with room for one byte in flight,
+    adding a second tensor waits until the first is in the file (memory holds no output)."""
+    import ladle.io.writer as writer
+
+    monkeypatch.setattr(writer, "IN_FLIGHT", 1)
     out = tmp_path / "s.safetensors"
     tensors = {"a": torch.arange(6, dtype=torch.float32), "b": torch.arange(4, dtype=torch.bfloat16),
                "c": torch.tensor([7], dtype=torch.int64)}
@@ -481,12 +546,12 @@ def test_each_tensor_is_in_the_file_as_soon_as_it_is_added(tmp_path):
         tmp = w.tmp
         assert tmp.stat().st_size == w.files[0].data_start + 6 * 4 + 4 * 2 + 8  # every block reserved up front
         w.add("b", tensors["b"])
+        w.add("c", tensors["c"])
         entry = w.files[0].entries["b"]
         begin, end = entry["data_offsets"]
         with open(tmp, "rb") as f:
             f.seek(w.files[0].data_start + begin)
             assert f.read(end - begin) == tensors["b"].view(torch.uint8).numpy().tobytes()  # written, not held
-        w.add("c", tensors["c"])
         w.add("a", tensors["a"])
         w.finish({"recipe": "hand"})
     got = load_file(out)
@@ -511,27 +576,42 @@ def test_a_manifest_that_outgrows_its_reserved_space_still_lands_whole(tmp_path)
 
 
 def test_a_full_disk_is_one_line_before_any_mixing_and_leaves_nothing(cli, pair, tmp_path, monkeypatch):
-    import errno
-
     import ladle.soup.cook
 
-    def no_space(fd, offset, size):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real = os.fstatvfs
+
+    def almost_full(fd):  # 2 free bytes: less than any soup needs
+        st = real(fd)
+        return os.statvfs_result((st.f_bsize, 1, st.f_blocks, 2, 2, *st[5:]))
 
     def never(*args, **kwargs):
         raise AssertionError("mixing started")
 
-    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    monkeypatch.setattr(os, "fstatvfs", almost_full)
     monkeypatch.setattr(ladle.soup.cook, "mix_stream", never)
     before = snapshot(tmp_path)
     out = tmp_path / "soup.safetensors"
     result = cli("cook", "uniform", *pair, "-o", out)
     assert result.code == 2
     assert re.fullmatch(rf"ladle: error: {re.escape(str(out))}: not enough disk space: the soup needs [0-9.]+ KB, "
-                        r"[0-9.]+ [KMG]B free\n", result.err), result.err
+                        r"2 bytes free\n", result.err), result.err
     assert snapshot(tmp_path) == before  # nothing written, no temporary left
     result = cli("cook", "uniform", *pair, "-o", tmp_path / "dir")
     assert result.code == 2 and result.err.startswith(f"ladle: error: {tmp_path / 'dir' / 'model.safetensors'}: not enough")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_leaves_nothing(cli, pair, tmp_path, monkeypatch):
+    import errno
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    before = snapshot(tmp_path)
+    out = tmp_path / "soup.safetensors"
+    result = cli("cook", "uniform", *pair, "-o", out)
+    assert result.code == 2 and result.err == f"ladle: error: {out}: the disk filled up while the soup was written\n"
     assert snapshot(tmp_path) == before
 
 

@@ -43,27 +43,37 @@ def _load(cache: Path) -> dict:
         return {}  # missing or damaged: start again
 
 
+def known_sha256(path: Path) -> str | None:
+    """The file's sha256 if the cache holds it for the file as it is now, else None (nothing is read)."""
+    cache = cache_file()
+    if cache is None:
+        return None
+    path = Path(path).resolve()
+    known = _load(cache).get(str(path))
+    return known["sha256"] if known and known.get("stamp") == _stamp(path) else None
+
+
 def sha256_file(path: Path) -> str:
     """The file's sha256, from the cache when the file is unchanged, else hashed (and remembered)."""
     path = Path(path).resolve()
     cache = cache_file()
     stamp = _stamp(path)
-    if cache is not None:
-        known = _load(cache).get(str(path))
-        if known and known.get("stamp") == stamp:
-            return known["sha256"]
+    if (known := known_sha256(path)) is not None:
+        return known
     value = sha256_content(path)
     if cache is not None and _stamp(path) == stamp:  # unchanged while we read it
         _remember(cache, str(path), stamp, value)
     return value
 
 
-def sha256_content(path: Path, chunk: int = 1 << 20) -> str:
-    """Hash every byte, with a small reused buffer (no memory-mapping, so it does not inflate resident memory)."""
-    digest = hashlib.sha256()
+def sha256_content(path: Path, chunk: int = 1 << 20, start: int = 0, digest=None) -> str:
+    """Hash every byte, with a small reused buffer (no memory-mapping, so it does not inflate resident memory);
+    or, with `digest` holding the sha256 of the first `start` bytes, the rest of them."""
+    digest = digest if digest is not None else hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
     with open(path, "rb") as f:
+        f.seek(start)
         while n := f.readinto(buf):
             digest.update(view[:n])
     return digest.hexdigest()

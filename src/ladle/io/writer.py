@@ -2,17 +2,22 @@
 
 A path ending in `.safetensors` gets one file plus `<output>.json`; any other path is a
 `save_pretrained`-style directory (`model.safetensors`, or shards with `model.safetensors.index.json`,
-plus `ladle.json`). Shards are planned from the known shapes before mixing starts, and each is
-written as soon as it is full, so memory holds at most one shard.
+plus `ladle.json`). Files are laid out from the known shapes before mixing starts; finished tensors go to a
+writer thread (a bounded queue: memory stays flat), which writes them at their offsets while the next one is mixed.
+When the header is known before the data (every shard's; a single file's when its manifest is), the header goes
+first and the data follow in file order, so the sha256 is computed from the buffers as they are written.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from ladle.errors import LadleError
 
 MANIFEST_KEY = "ladle_manifest"
 DIR_MANIFEST = "ladle.json"
+IN_FLIGHT = 64 << 20  # bytes of finished tensors queued for the writer thread (one larger tensor may wait alone)
 
 
 def parse_size(text: str | int) -> int:
@@ -88,29 +94,28 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str]) -> No
 
 
 def reserve_space(fd: int, size: int, path: Path) -> None:
-    """Allocate the file's blocks up front, so a full disk is one clear error (naming `path`) before any mixing."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as e:
-        if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-            free = os.fstatvfs(fd).f_bavail * os.fstatvfs(fd).f_frsize
-            raise LadleError(f"not enough disk space: the soup needs {human_size(size)}, {human_size(free)} free",
-                             file=path) from None
-        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise LadleError(f"cannot reserve {human_size(size)}: {e.strerror}", file=path) from None
-        os.ftruncate(fd, size)  # a filesystem without fallocate: a sparse file of the right size
-    except AttributeError:  # no posix_fallocate on this platform
-        os.ftruncate(fd, size)
+    """Check that the disk has room for the file before any mixing (one clear error naming `path`), and give the
+    file its size. Blocks are not allocated up front: on ext4, writes into fallocate'd (unwritten) extents took 2.7×
+    as long as into a sparse file (0.67 s against 0.24 s for 512 MiB); a disk filled meanwhile by someone else is
+    reported by the write that finds it full."""
+    st = os.fstatvfs(fd)
+    free = st.f_bavail * st.f_frsize
+    if free < size:
+        raise LadleError(f"not enough disk space: the soup needs {human_size(size)}, {human_size(free)} free", file=path)
+    os.ftruncate(fd, size)
 
 
 class OutputFile:
     """One output .safetensors file, laid out from the shapes before the first tensor is mixed: its blocks are
     reserved, each finished tensor is written straight to its offset (memory holds no output), and the header is
-    written last into space reserved for it. A header that outgrew its space is handled by copying the data once
-    behind a larger header."""
+    written last into space reserved for it (or first, by `begin`, when it is known before the data). A header that
+    outgrew its space is handled by copying the data once behind a larger header.
+
+    With `hash_content`, bytes written in order from the file's start (a header written first, then the data in
+    file order) are hashed as they are written; whatever the order left unhashed is read back at close."""
 
     def __init__(self, path: Path, infos: dict[str, TensorInfo], metadata: dict[str, str], reserve: int = 0,
-                 shown: Path | None = None):
+                 shown: Path | None = None, hash_content: bool = False):
         self.path = Path(path)
         self.shown = shown or self.path  # the name errors give: the output, not its temporary
         self.entries, self.data_bytes = safetensors_layout(infos)
@@ -118,6 +123,11 @@ class OutputFile:
         self.header_space = draft + reserve + (-(draft + reserve + 8) % 8)
         self.missing = set(infos)
         self.filled: dict[str, int] = {}  # bytes written so far per key (a tensor may come in parts)
+        self.digest = hashlib.sha256() if hash_content else None
+        self.hashed = 0  # bytes from the file's start handed to the hash so far, in order
+        self._hashing = None  # the buffer being hashed (on its own thread, while the next one is written)
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ladle-sha256") if hash_content else None
+        self.early_header: bytes | None = None  # the header `begin` wrote
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             reserve_space(self.fd, 8 + self.header_space + self.data_bytes, self.shown)
@@ -128,6 +138,34 @@ class OutputFile:
     @property
     def data_start(self) -> int:
         return 8 + self.header_space
+
+    @property
+    def order(self) -> list[str]:
+        """The keys in the order of their bytes in the file."""
+        return sorted(self.entries, key=lambda k: self.entries[k]["data_offsets"][0])
+
+    def begin(self, metadata: dict[str, str]) -> None:
+        """Write the header now, before the data, so the data written in order behind it are hashed as they go; if
+        `close` is given other metadata, it rewrites the header and hashes the file again."""
+        try:
+            head = header_bytes(self.entries, metadata, self.header_space)
+        except ValueError:
+            return  # it does not fit: close will grow it
+        _pwrite_all(self.fd, memoryview(head), 0)
+        self.early_header = head
+        self._hash_in_order(memoryview(head), 0)
+
+    def _hash_in_order(self, data: memoryview, offset: int) -> None:
+        """Hash these bytes if they continue what was hashed; one buffer at a time, beside the next write."""
+        if self.digest is not None and offset == self.hashed:
+            self._hashed_so_far()
+            self._hashing = self._hasher.submit(self.digest.update, data)
+            self.hashed += len(data)
+
+    def _hashed_so_far(self) -> None:
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
 
     def put(self, key: str, tensor) -> None:
         """Write the tensor (numpy array or torch tensor) at its place; or the next flat part of it (parts arrive
@@ -142,30 +180,54 @@ class OutputFile:
             raise RuntimeError(f"writer: '{key}' arrived as {dtype_name(array.dtype)} {list(array.shape)} after "
                                f"{done} bytes, planned {entry['dtype']} {entry['shape']}")
         if array.size:
-            data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-            _pwrite_all(self.fd, memoryview(data), self.data_start + begin + done)
+            data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+            try:
+                _pwrite_all(self.fd, data, self.data_start + begin + done)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise LadleError("the disk filled up while the soup was written", file=self.shown) from None
+                raise
+            self._hash_in_order(data, self.data_start + begin + done)
             done += len(data)
         self.filled[key] = done
         if begin + done == end:
             self.missing.discard(key)
 
-    def close(self, metadata: dict[str, str], hash_content: bool = False) -> str | None:
-        """Write the header, fsync, close. Every planned tensor must have been put. With `hash_content`, return the
-        file's sha256, computed from the page cache while fsync waits for the disk (the bytes are final once the
-        header is in)."""
+    def close(self, metadata: dict[str, str]) -> str | None:
+        """Write the header (unless `begin` wrote this one), fsync, close. Every planned tensor must have been put.
+        With `hash_content`, return the file's sha256: hashed as written, and what was not read back from the page
+        cache while fsync waits for the disk (the bytes are final once the header is in)."""
         if self.missing:
             raise RuntimeError(f"writer finished without tensor {sorted(self.missing)[0]}")
         try:
             head = header_bytes(self.entries, metadata, self.header_space)
         except ValueError:
             self._grow_header(header_bytes(self.entries, metadata))
+            self._rehash()
         else:
-            _pwrite_all(self.fd, memoryview(head), 0)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            digest = pool.submit(sha256_content, self.path) if hash_content else None
+            if head != self.early_header:
+                _pwrite_all(self.fd, memoryview(head), 0)
+                self._rehash()
+        self._hashed_so_far()
+        if self.digest is None:
             os.fsync(self.fd)
             self._close_fd()
-            return digest.result() if digest else None
+            return None
+        if self.hashed == 8 + self.header_space + self.data_bytes:
+            os.fsync(self.fd)
+            self._close_fd()
+            return self.digest.hexdigest()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            digest = pool.submit(sha256_content, self.path, start=self.hashed, digest=self.digest)
+            os.fsync(self.fd)
+            self._close_fd()
+            return digest.result()
+
+    def _rehash(self) -> None:
+        """The bytes hashed so far are no longer the file's: start again (close reads it back)."""
+        if self.digest is not None:
+            self._hashed_so_far()
+            self.digest, self.hashed = hashlib.sha256(), 0
 
     def _grow_header(self, head: bytes) -> None:
         """The metadata outgrew the reserved space: a new file with the larger header, the data copied behind it."""
@@ -194,6 +256,9 @@ class OutputFile:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
+            self._hasher = None
 
     def abort(self) -> None:
         self._close_fd()
@@ -203,6 +268,10 @@ class OutputFile:
 
     def __exit__(self, *exc) -> None:
         self._close_fd()
+
+
+def _manifest_text(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=False, default=str)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -270,7 +339,11 @@ class SoupWriter:
     before mixing starts), then renames the whole into place atomically; use as a context manager.
 
     `manifest_reserve`: bytes of header kept free for the manifest of a single-file output (a larger manifest
-    still lands, through one copy of the data). `hash_output=False` skips the sha256 of what was written."""
+    still lands, through one copy of the data). `hash_output=False` skips the sha256 of what was written.
+
+    `add` hands a finished tensor to a writer thread and returns, so the next tensor is mixed while this one is
+    written and hashed; at most IN_FLIGHT bytes wait (or one larger tensor). Mix in `order` (file order) and call
+    `begin` first for the sha256 to be computed from the buffers as they are written, not read back."""
 
     def __init__(self, out: str | os.PathLike, infos: dict[str, TensorInfo], *, force: bool = False,
                  max_shard_size: int | str = "5GB", manifest_reserve: int = 64 << 10, hash_output: bool = True,
@@ -290,15 +363,31 @@ class SoupWriter:
         if not self.is_file:
             self.tmp.mkdir()
         self.files: list[OutputFile] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._room = threading.Condition()
+        self._waiting = 0  # bytes queued for the writer thread
+        self._failure: BaseException | None = None
+        self._thread: threading.Thread | None = None
         try:
             for i, keys in enumerate(self.shards):
                 path = self.tmp if self.is_file else self.tmp / self.shard_name(i)
                 self.files.append(OutputFile(path, {k: infos[k] for k in keys}, {"format": "pt"},
                                              manifest_reserve if self.is_file else 0,
-                                             shown=self.out if self.is_file else self.out / self.shard_name(i)))
+                                             shown=self.out if self.is_file else self.out / self.shard_name(i),
+                                             hash_content=hash_output))
         except BaseException:
             self.abort()
             raise
+        self.order = [k for f in self.files for k in f.order]  # every key, in the order of the output's bytes
+
+    def begin(self, manifest: dict | None = None) -> None:
+        """Write the headers before the data: every shard's (they hold no manifest), and a single file's when its
+        `manifest` is known now (`finish` rewrites it if the manifest changed meanwhile)."""
+        if not self.is_file:
+            for f in self.files:
+                f.begin({"format": "pt"})
+        elif manifest is not None:
+            self.files[0].begin({"format": "pt", MANIFEST_KEY: _manifest_text(manifest)})
 
     def _plan_shards(self, infos: dict[str, TensorInfo]) -> list[list[str]]:
         total = self.total_bytes = sum(i.nbytes for i in infos.values())
@@ -326,19 +415,59 @@ class SoupWriter:
         return f"{self.weights_name}-{i + 1:05d}-of-{len(self.shards):05d}.safetensors"
 
     def add(self, key: str, tensor) -> None:
+        """Queue a finished tensor (or the next flat part of one) for the writer thread; waits while IN_FLIGHT bytes
+        are queued. A failure of the thread is raised here."""
+        array = to_numpy(tensor)
+        with self._room:
+            while self._waiting and self._waiting + array.nbytes > IN_FLIGHT and self._failure is None:
+                self._room.wait()
+            if self._failure is not None:
+                raise self._failure
+            self._waiting += array.nbytes
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="ladle-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((key, array))
+
+    def _drain(self) -> None:
+        """The writer thread: write (and hash) queued tensors in order; after a failure, only empty the queue."""
+        while (item := self._queue.get()) is not None:
+            key, array = item
+            try:
+                if self._failure is None:
+                    self._write(key, array)
+            except BaseException as e:  # noqa: BLE001 — handed to the mixing thread
+                self._failure = e
+            finally:
+                with self._room:
+                    self._waiting -= array.nbytes
+                    self._room.notify_all()
+                del item, array
+
+    def _write(self, key: str, array) -> None:
         shard = self.files[self.shard_of[key]]
-        shard.put(key, tensor)
+        shard.put(key, array)
         if not self.is_file and not shard.missing:
             # a full shard is finished now: its header holds no manifest
-            self.shard_sha256[self.shard_of[key]] = shard.close({"format": "pt"}, hash_content=self.hash_output)
+            self.shard_sha256[self.shard_of[key]] = shard.close({"format": "pt"})
+
+    def _stop(self) -> None:
+        """Let the writer thread finish what is queued and end."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def finish(self, manifest: dict, extras: dict[str, Path | str] | None = None) -> dict[str, str]:
         """Write the header(s), the index and the manifest, then rename into place. Returns sha256 by file
         (empty with hash_output=False). `extras` (directory outputs): more files by name, copied byte for byte from
         a path or written from text (config, tokenizer, model card), inside the same atomic rename."""
-        manifest_text = json.dumps(manifest, indent=2, sort_keys=False, default=str)
+        self._stop()
+        if self._failure is not None:
+            raise self._failure
+        manifest_text = _manifest_text(manifest)
         if self.is_file:
-            digest = self.files[0].close({"format": "pt", MANIFEST_KEY: manifest_text}, hash_content=self.hash_output)
+            digest = self.files[0].close({"format": "pt", MANIFEST_KEY: manifest_text})
             os.replace(self.tmp, self.out)
             _fsync_dir(self.out.parent)
             write_text_atomic(self.out.with_name(self.out.name + ".json"), manifest_text + "\n")
@@ -383,6 +512,8 @@ class SoupWriter:
         return dict(self.sha256)
 
     def abort(self) -> None:
+        self._failure = self._failure or RuntimeError("writer aborted")  # the thread writes nothing more
+        self._stop()
         for f in self.files:
             f.abort()
         if self.tmp.is_dir():

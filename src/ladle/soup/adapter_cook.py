@@ -205,9 +205,11 @@ def _write_merged(mix: AdapterMix, base, keys, out, out_dtype, options, progress
             carried = plan_carry([_base_path(options)], options["config_from"])
         writer = SoupWriter(out, infos, force=options["force"], max_shard_size=options["max_shard_size"],
                             hash_output=not options["no_hash"])
+        writer.begin()  # a directory's shards: headers first, then the tensors in file order, hashed as written
     state = {}
     try:
-        for key in progress_bar(base.keys(), desc=f"cook {recipe} (merge)", unit="tensor", enabled=progress):
+        for key in progress_bar(writer.order if writer else base.keys(), desc=f"cook {recipe} (merge)",
+                                unit="tensor", enabled=progress):
             original = base.array(key)
             if key in selected and is_float(base.info(key).dtype) and mix.holders(key):
                 acc = np.float64 if original.dtype == np.float64 else mix.accumulate

@@ -14,7 +14,7 @@ from ladle.soup.check_parts import select_keys
 from ladle.io.checkpoints import TensorInfo, open_ingredient
 from ladle.io.dtypes import is_float, to_torch
 from ladle.errors import LadleError
-from ladle.io.hashing import sha256_file
+from ladle.io.hashing import known_sha256, sha256_file
 from ladle.io.hf import model_card, plan_carry
 from ladle.soup.recipes import BASE_NONE, BASE_REQUIRED, RECIPES
 from ladle.soup.options import OPTION_NAMES, cook_options
@@ -95,22 +95,31 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
 
     no_hash = options["no_hash"]
     files = [f for ing in everyone for f in ing.files]
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    known = {} if no_hash else {str(f): known_sha256(f) for f in files}  # inputs hashed before (cached)
     writer = None
     if out is not None:  # the manifest's header space: its size now (hashes are fixed-length), with room to spare
         draft = _manifest(recipe, params, plan, ings, base_ing, {str(f): "0" * 64 for f in files}, keys, include,
-                          exclude, accumulate, out_dtype, int_policy, [], carried)
+                          exclude, accumulate, out_dtype, int_policy, [], carried, created)
         reserve = 3 * len(json.dumps(draft, indent=2, default=str)) // 2 + (16 << 10)
         writer = SoupWriter(out, out_infos, force=force, max_shard_size=max_shard_size, manifest_reserve=reserve,
                             hash_output=not no_hash)
+        # the header first when the manifest is known now (every input's hash cached, a recipe whose trace is set
+        # before mixing): the output is then hashed as it is written; else finish rewrites it and reads back
+        early = None if None in known.values() else _manifest(
+            recipe, params, plan, ings, base_ing, known, keys, include, exclude, accumulate, out_dtype, int_policy,
+            [], carried, created)
+        writer.begin(early)
     state: dict = {}
     int_disagreements: list[str] = []
+    order = writer.order if writer else keys  # mixed in the order of the output's bytes
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        hashes = {} if no_hash else {f: pool.submit(sha256_file, f) for f in files}  # overlaps with mixing
+        hashes = {f: pool.submit(sha256_file, f) for f in files if known.get(str(f), "") is None}  # beside mixing
         try:
-            stream = mix_stream(plan, ings, keys, base_ing, out_dtypes={k: i.dtype for k, i in out_infos.items()},
+            stream = mix_stream(plan, ings, order, base_ing, out_dtypes={k: i.dtype for k, i in out_infos.items()},
                                 accumulate=acc_dtype, int_policy=int_policy, reject_nonfinite=reject_nonfinite,
                                 int_disagreements=int_disagreements, block=MIX_BLOCK if writer else None)
-            parts = count_parts(plan, ings, keys, MIX_BLOCK if writer else None)
+            parts = count_parts(plan, ings, order, MIX_BLOCK if writer else None)
             for key, tensor in progress_bar(stream, total=parts, desc=f"cook {recipe}",
                                             unit="tensor" if parts == len(keys) else "part", enabled=progress):
                 if writer:
@@ -118,9 +127,9 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
                 else:
                     state[key] = to_torch(tensor)
                 del tensor  # written: let it go before the next key is mixed
-            digests = {str(f): h.result() for f, h in hashes.items()}
+            digests = known | {str(f): h.result() for f, h in hashes.items()}
             manifest = _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, exclude,
-                                 accumulate, out_dtype, int_policy, int_disagreements, carried)
+                                 accumulate, out_dtype, int_policy, int_disagreements, carried, created)
             extras = {}
             if carried is not None:
                 command = reproduce_command(recipe, ingredients, out, options, params, scorer)
@@ -179,7 +188,7 @@ def encoder_exclusions(paths: list) -> list[str]:
 
 
 def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, exclude, accumulate, out_dtype,
-              int_policy, int_disagreements, carried=None) -> dict:
+              int_policy, int_disagreements, carried=None, created: str | None = None) -> dict:
     scored = RECIPES[recipe].needs_scorer
     return {
         "recipe": recipe,
@@ -196,7 +205,7 @@ def _manifest(recipe, params, plan, ings, base_ing, digests, keys, include, excl
                            "disagreeing_keys": int_disagreements},
         "trace": plan.trace(),
         **(carried.manifest() if carried is not None else {}),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": created or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(scored),
     }
 
