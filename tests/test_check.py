@@ -277,3 +277,6 @@ def test_distances_of_a_nonfinite_ingredient_are_unknown_not_zero(ckpt):
     assert m[1][2] == 0.0
     r = ladle.check([a, b], base=c)
     assert math.isnan(r.task_vector_norms[0]) and r.task_vector_norms[1] == 0.0
+    d = ckpt.st("d", {"w": tensor([4.0, 6.0])})  # the pairs without the NaN ingredient keep their distances
+    m = ladle.check([a, b, d]).relative_l2
+    assert math.isnan(m[0][2]) and m[1][2] == round(5.0 / ((5 ** 0.5 + 52 ** 0.5) / 2), 6)

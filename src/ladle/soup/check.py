@@ -190,29 +190,47 @@ def _compare_blocks(equal: list[list[bool]], blocks: list[np.ndarray]) -> None:
 
 def _accumulate(blocks: list[np.ndarray], base: np.ndarray | None, buffers: np.ndarray, gram: np.ndarray,
                 sqdist: np.ndarray, flagged: set[int]) -> None:
-    """One pass over one block of every ingredient: converted once into a reused float64 buffer, then the dot
-    products (Gram matrix) and squared distances of every pair; a non-finite self-product flags NaN or Inf."""
+    """One pass over one block of every ingredient, each converted once into a reused float64 buffer, then one matrix
+    product (BLAS; dots pair by pair took 13 s for 4 × 512 MiB). With a base: the Gram matrix of the task vectors
+    (their norms and cosines). Without: squared norms and every pair's squared distance, from the Gram matrix of
+    each ingredient less a finite reference one (the large shared part taken out as it is converted, so nothing
+    cancels). A non-finite self-product flags NaN or Inf; only the pairs of a flagged ingredient are then unknown."""
     n, size = len(blocks), len(blocks[0])
-    rows = buffers[:, :size]
-    for i, b in enumerate(blocks):
-        rows[i] = b
-    if base is not None:
-        rows[n] = base
-        rows[:n] -= rows[n]
+    rows = buffers[:n, :size]
     with np.errstate(all="ignore"):  # NaN and Inf are flagged below, not warned about
-        for i in range(n):
-            own = np.dot(rows[i], rows[i])
-            if not np.isfinite(own) and not np.isfinite(blocks[i]).all():
-                flagged.add(i)
-            gram[i, i] += own
-            for j in range(i + 1, n):
-                gram[i, j] += np.dot(rows[i], rows[j])
-                gram[j, i] = gram[i, j]
-        for i in range(n):
-            for j in range(i + 1, n):
-                diff = np.subtract(rows[i], rows[j], out=rows[n])
-                sqdist[i, j] += np.dot(diff, diff)
-                sqdist[j, i] = sqdist[i, j]
+        if base is not None:
+            for i, b in enumerate(blocks):
+                np.subtract(b, base, out=rows[i], dtype=np.float64)
+            products = rows @ rows.T
+            own = np.diagonal(products)
+            gram += products
+        else:
+            own, distances = _norms_and_distances(blocks, 0, rows)
+            if not np.isfinite(own[0]):  # the reference holds NaN or Inf: take a finite one
+                ref = next((i for i, b in enumerate(blocks) if np.isfinite(b).all()), 0)
+                own, distances = _norms_and_distances(blocks, ref, rows)
+            gram[np.diag_indices(n)] += own
+            sqdist += distances
+    flagged.update(i for i in range(n) if not np.isfinite(own[i]) and not np.isfinite(blocks[i]).all())
+
+
+def _norms_and_distances(blocks: list[np.ndarray], ref: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared norms and pairwise squared distances of the blocks: rows hold dᵢ = xᵢ − x_ref (float64) and x_ref, so
+    ‖xᵢ − xⱼ‖² = ‖dᵢ − dⱼ‖² and ‖xᵢ‖² = ‖dᵢ‖² + 2dᵢ·x_ref + ‖x_ref‖², from one Gram matrix."""
+    for i, b in enumerate(blocks):
+        if i == ref:
+            rows[i] = b
+        else:
+            np.subtract(b, blocks[ref], out=rows[i], dtype=np.float64)
+    g = rows @ rows.T
+    d = g.copy()  # Gram of the dᵢ (d_ref = 0)
+    d[ref, :] = d[:, ref] = 0.0
+    spread = np.diagonal(d)
+    distances = np.maximum(spread[:, None] + spread[None, :] - 2 * d, 0.0)
+    np.fill_diagonal(distances, 0.0)
+    own = spread + 2 * g[:, ref] + g[ref, ref]
+    own[ref] = g[ref, ref]
+    return own, distances
 
 
 def _file_digests(ingredients: list[Ingredient]) -> list[str | None]:
