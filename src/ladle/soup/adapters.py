@@ -143,6 +143,9 @@ class UpdatedModel:
     def release(self, key: str) -> None:
         self.base.release(key)
 
+    def prefetch(self, key: str) -> None:
+        self.base.prefetch(key)
+
     @property
     def nbytes(self) -> int:
         return self.base.nbytes

@@ -7,6 +7,7 @@ every tensor once, key by key and block by block, for non-finite values, bitwise
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -19,6 +20,7 @@ from ladle.soup.check_parts import describe, mark_unknown, matrix, rounded, sele
 from ladle.soup.mixing import pairwise_cosine
 
 CHUNK = 1 << 17  # elements per ingredient per step of the distance pass: float64 blocks that stay in cache
+WORKERS = min(2, os.cpu_count() or 1)  # threads of the distance pass (numpy lets go of the GIL): chunk i goes to i % 2
 
 
 @dataclass
@@ -108,10 +110,12 @@ def check_opened(
     gram = np.zeros((n, n))  # float64, of task vectors (with base) or of raw weights
     sqdist = np.zeros((n, n))
     nonfinite: set[int] = set()  # their distances are unknown, not zero
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=WORKERS) as workers:
         digests = pool.submit(_file_digests, ingredients)  # from the hash cache, or hashed beside the pass
-        # float64, one block per ingredient and one for the base
-        buffers = np.empty((n + 1, min(CHUNK, max((ingredients[0].info(k).numel for k in shared), default=1))))
+        # per worker: float64 blocks (one per ingredient) and its own sums, added up at the end in a fixed order,
+        # so the figures do not depend on which thread finished first
+        width = min(CHUNK, max((ingredients[0].info(k).numel for k in shared), default=1))
+        sums = [(np.empty((n, width)), np.zeros((n, n)), np.zeros((n, n))) for _ in range(WORKERS)]
         for key in progress_bar(shared, desc="check", unit="tensor", enabled=progress):
             info = ingredients[0].info(key)
             flat = [ing.array(key).reshape(-1) for ing in ingredients]
@@ -121,18 +125,27 @@ def check_opened(
                 report.integer_buffers.append({"key": key, "dtype": info.dtype, "agree": not differs})
             else:
                 base_t = base.array(key).reshape(-1) if base is not None else None
-                flagged: set[int] = set()
-                for start in range(0, info.numel, CHUNK):
-                    blocks = [t[start : start + CHUNK] for t in flat]
-                    _compare_blocks(equal, blocks)
-                    _accumulate(blocks, base_t[start : start + CHUNK] if base_t is not None else None, buffers,
-                                gram, sqdist, flagged)
-                for i in sorted(flagged):
+                starts = range(0, info.numel, CHUNK)
+
+                def share(w: int) -> set[int]:
+                    buffers, gram_w, sqdist_w = sums[w]
+                    flagged: set[int] = set()
+                    for start in starts[w::WORKERS]:
+                        blocks = [t[start : start + CHUNK] for t in flat]
+                        _compare_blocks(equal, blocks)  # (pairs only ever turn unequal: threads agree)
+                        _accumulate(blocks, base_t[start : start + CHUNK] if base_t is not None else None, buffers,
+                                    gram_w, sqdist_w, flagged)
+                    return flagged
+
+                for i in sorted(set().union(*workers.map(share, range(WORKERS)))):
                     nonfinite.add(i)
                     report.warnings.append({"kind": "nonfinite", "file": ingredients[i].name, "key": key,
                                             "message": "holds NaN or Inf values"})
             for ing in everyone:
                 ing.release(key)
+        for _, gram_w, sqdist_w in sums:
+            gram += gram_w
+            sqdist += sqdist_w
         # Keys with a problem take no part in distances, but they do in identity: without this, ingredients
         # that differ only where they mismatch (say, one tensor's dtype) would be reported identical.
         for key in sorted(bad):
