@@ -138,20 +138,13 @@ class SafetensorsFile:
 
     def release(self, key: str) -> None:
         """Drop the pages of a tensor that has been used, so resident memory stays flat."""
-        self._advise(key, getattr(mmap, "MADV_DONTNEED", None))
-
-    def prefetch(self, key: str) -> None:
-        """Start reading a tensor's pages from disk in the background (MADV_WILLNEED), while another is mixed."""
-        self._advise(key, getattr(mmap, "MADV_WILLNEED", None))
-
-    def _advise(self, key: str, advice: int | None) -> None:
-        if self._mmap is None or advice is None:
+        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
         begin, end = self.spans[key]
         start = (self.data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
         stop = self.data_start + end
         if stop > start:
-            self._mmap.madvise(advice, start, stop - start)
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
 class TorchFile:
@@ -298,12 +291,6 @@ class Ingredient:
     def release(self, key: str) -> None:
         reader, stored = self._sources[key]
         reader.release(stored)
-
-    def prefetch(self, key: str) -> None:
-        """Ask the disk for a tensor that will be read next (no-op for tensors already in memory)."""
-        reader, stored = self._sources[key]
-        if hasattr(reader, "prefetch"):
-            reader.prefetch(stored)
 
     def state_dict(self) -> dict:
         """Every tensor, materialised (memory: the whole checkpoint)."""

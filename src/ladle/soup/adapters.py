@@ -143,9 +143,6 @@ class UpdatedModel:
     def release(self, key: str) -> None:
         self.base.release(key)
 
-    def prefetch(self, key: str) -> None:
-        self.base.prefetch(key)
-
     @property
     def nbytes(self) -> int:
         return self.base.nbytes

@@ -22,12 +22,9 @@ def mix_stream(plan, ings: list[Ingredient], keys: list[str], base_ing: Ingredie
     floating tensor comes as consecutive flat parts of at most `block` elements, in order, under the same key:
     the same values, with memory bounded by the block instead of the largest tensor (the writer puts each part at
     its offset)."""
-    everyone = ings + ([base_ing] if base_ing else [])
-    for position, key in enumerate(keys):
+    for key in keys:
         dtype = out_dtypes[key] if out_dtypes else ings[0].info(key).dtype
-        if position + 1 < len(keys):  # the disk reads the next tensor while this one is mixed
-            for ing in everyone:
-                ing.prefetch(keys[position + 1])
+        everyone = ings + ([base_ing] if base_ing else [])
         if is_float(dtype):
             numel = ings[0].info(key).numel
             step = _part_size(plan, numel, block)
