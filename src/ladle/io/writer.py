@@ -106,8 +106,8 @@ def reserve_space(fd: int, size: int, path: Path) -> None:
 
 
 class OutputFile:
-    """One output .safetensors file, laid out from the shapes before the first tensor is mixed: its blocks are
-    reserved, each finished tensor is written straight to its offset (memory holds no output), and the header is
+    """One output .safetensors file, laid out from the shapes before the first tensor is mixed: the disk's room for
+    it checked, each finished tensor is written straight to its offset (memory holds no output), and the header is
     written last into space reserved for it (or first, by `begin`, when it is known before the data). A header that
     outgrew its space is handled by copying the data once behind a larger header.
 

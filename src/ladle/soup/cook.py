@@ -114,7 +114,8 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
     int_disagreements: list[str] = []
     order = writer.order if writer else keys  # mixed in the order of the output's bytes
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        hashes = {f: pool.submit(sha256_file, f) for f in files if known.get(str(f), "") is None}  # beside mixing
+        unknown = [f for f in files if str(f) in known and known[str(f)] is None]  # (none with --no-hash)
+        hashes = {f: pool.submit(sha256_file, f) for f in unknown}  # hashed beside the mixing
         try:
             stream = mix_stream(plan, ings, order, base_ing, out_dtypes={k: i.dtype for k, i in out_infos.items()},
                                 accumulate=acc_dtype, int_policy=int_policy, reject_nonfinite=reject_nonfinite,
