@@ -179,6 +179,8 @@ class Taster:
             x = data.take([start]) if hasattr(data, "take") else data.x[start : start + 1]
             if language:
                 log_probs = self.next_token_log_probs({**state, **params}, x)  # (scored tokens, vocabulary)
+                if not len(log_probs):
+                    continue  # a one-token text predicts nothing: it adds no information
                 draws = torch.Generator().manual_seed(seed * 1_000_003 + start)
                 tokens = torch.multinomial(log_probs.detach().double().exp().cpu(), samples, replacement=True,
                                            generator=draws).to(log_probs.device)  # (scored tokens, samples)

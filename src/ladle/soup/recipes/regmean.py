@@ -2,10 +2,11 @@
 
 For each linear layer (nn.Linear, GPT-2's Conv1D, 1×1 convolutions), W = (Σᵢ G̃ᵢ)⁻¹ Σᵢ G̃ᵢ Wᵢ in the layer's
 input space, with Gᵢ = XᵢᵀXᵢ the Gram matrix of the layer's inputs when ingredient i runs on the data and
-G̃ = α·G + (1 − α)·diag(G) (Jin et al. 2023); every other tensor is averaged. `--data` once for all ingredients, or
-once per ingredient in order (each Gram on its own ingredient's data, as in the paper's merges of different tasks). An input that is always zero on
-the data (a dead unit) constrains nothing: its row of W is the ingredients' mean. Grams come one ingredient at a time
-and are summed at once: memory is the model and, per layer, two accumulators (Σ G̃ᵢ and Σ G̃ᵢ Wᵢᵀ).
+G̃ = α·G + (1 − α)·diag(G) (Jin et al. 2023); every other tensor is averaged. `--data` once for all ingredients,
+or once per ingredient in order (each Gram on its own ingredient's data, as in the paper's merges of different
+tasks). An input that is always zero on the data (a dead unit) constrains nothing: its row of W is the ingredients'
+mean. Grams come one ingredient at a time and are summed at once: memory is the model and, per layer, two
+accumulators (Σ G̃ᵢ and Σ G̃ᵢ Wᵢᵀ).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def regmean(n: int, scorer: Scorer,
         shape = scorer.ingredient_state(0)[key].shape
         merged[key] = (solved if layouts[key] else solved.T).reshape(shape).numpy().astype(np.float32)
     record = {"regmean": {"alpha": alpha, "examples": examples, "split_per_ingredient": splits,
-                          "data": scorer.data_record(), "layers": len(merged), "gram_condition": {k: round(v, 3) for k, v in conditions.items()},
-                          "dead_inputs": dead_inputs}}
+                          "data": scorer.data_record(), "layers": len(merged),
+                          "gram_condition": {k: round(v, 3) for k, v in conditions.items()}, "dead_inputs": dead_inputs}}
     return PrecomputedPlan(n, merged, record)
 
 
