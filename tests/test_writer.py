@@ -500,7 +500,7 @@ def test_with_its_inputs_hashed_before_a_soup_is_hashed_from_the_buffers_it_writ
             assert soup.sha256[f.name] == hashlib.sha256(f.read_bytes()).hexdigest()
         return soup, list(read_back)
 
-    first, reread = cooked("uniform", tmp_path / "soup.safetensors")
+    _, reread = cooked("uniform", tmp_path / "soup.safetensors")
     assert reread == []
     keys = list(states[0])
     with open(tmp_path / "soup.safetensors", "rb") as f:
@@ -511,7 +511,7 @@ def test_with_its_inputs_hashed_before_a_soup_is_hashed_from_the_buffers_it_writ
     _, reread = cooked("karcher", tmp_path / "karcher.safetensors")
     assert len(reread) == 1  # its trace (iterations per tensor) is known only after mixing
     monkeypatch.setenv("LADLE_HASH_CACHE", "0")
-    second, reread = cooked("uniform", tmp_path / "soup2.safetensors")
+    _, reread = cooked("uniform", tmp_path / "soup2.safetensors")
     assert len(reread) == 1  # inputs not hashed before: the manifest is known after mixing
     a, b = load_file(tmp_path / "soup.safetensors"), load_file(tmp_path / "soup2.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a) and list(a) == list(b)
@@ -544,7 +544,7 @@ def test_a_tensor_waits_in_the_queue_only_while_the_queue_is_full(tmp_path, monk
                "c": torch.tensor([7], dtype=torch.int64)}
     with SoupWriter(out, {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in tensors.items()}) as w:
         tmp = w.tmp
-        assert tmp.stat().st_size == w.files[0].data_start + 6 * 4 + 4 * 2 + 8  # every block reserved up front
+        assert tmp.stat().st_size == w.files[0].data_start + 6 * 4 + 4 * 2 + 8  # its final size from the start
         w.add("b", tensors["b"])
         w.add("c", tensors["c"])
         entry = w.files[0].entries["b"]
