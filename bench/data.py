@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_imagefolder import make_imagefolder  # noqa: E402
+from proctree import descendants  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -52,19 +53,6 @@ RSS_FLAT_MIB = 64  # peak(8k val) − peak(1k val); peak(12k train) − peak(3k 
 
 # ---------------------------------------------------------------- memory of a process tree
 
-def _descendants(pid: int) -> list[int]:
-    """pid and all its descendants, via /proc/PID/task/*/children (processes may vanish while we look)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
-    return out
 
 
 def _memory(pid: int) -> tuple[int, int]:
@@ -94,7 +82,7 @@ class TreeSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.done.is_set():
-            pids = _descendants(self.pid)
+            pids = descendants(self.pid)
             mem = [_memory(p) for p in pids]
             rss, pss = sum(m[0] for m in mem), sum(m[1] for m in mem)
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)

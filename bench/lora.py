@@ -64,6 +64,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proctree import descendants  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 KiB = 1 << 10
@@ -291,7 +294,6 @@ def pattern_value(patterns: dict, module: str, default):
 
 def delta_weight(folder: Path, module: str):
     """dW = B @ A * scaling of one module of a PEFT adapter folder, in float64; and the rank and dtype found."""
-    import torch
     from safetensors import safe_open
 
     config = json.loads((folder / "adapter_config.json").read_text())
@@ -424,18 +426,6 @@ def check_merged(out: Path, base: Path, modules: list[str], refs: dict) -> dict:
 # --------------------------------------------------------------------------- whole-process runs
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
-    return out
 
 
 def _rss(pid: int) -> int:
@@ -472,7 +462,7 @@ def run_whole(cmd: list[str], log_path: Path, env: dict, timeout: float, cap: in
         def poll():
             last_print = time.perf_counter()
             while not done.is_set():
-                rss = sum(_rss(p) for p in _descendants(child.pid))
+                rss = sum(_rss(p) for p in descendants(child.pid))
                 peak["rss"] = max(peak["rss"], rss)
                 now = time.perf_counter()
                 if peak["killed"] is None and (now - start > timeout or rss > cap):
