@@ -98,17 +98,18 @@ def cook(recipe: str, ingredients: list, *, out: str | Path | None = None, progr
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     known = {} if no_hash else {str(f): known_sha256(f) for f in files}  # inputs hashed before (cached)
     writer = None
-    if out is not None:  # the manifest's header space: its size now (hashes are fixed-length), with room to spare
-        draft = _manifest(recipe, params, plan, ings, base_ing, {str(f): "0" * 64 for f in files}, keys, include,
-                          exclude, accumulate, out_dtype, int_policy, [], carried, created)
-        reserve = 3 * len(json.dumps(draft, indent=2, default=str)) // 2 + (16 << 10)
-        writer = SoupWriter(out, out_infos, force=force, max_shard_size=max_shard_size, manifest_reserve=reserve,
-                            hash_output=not no_hash)
+    if out is not None:
         # the header first when the manifest is known now (every input's hash cached, a recipe whose trace is set
         # before mixing): the output is then hashed as it is written; else finish rewrites it and reads back
         early = None if None in known.values() else _manifest(
             recipe, params, plan, ings, base_ing, known, keys, include, exclude, accumulate, out_dtype, int_policy,
             [], carried, created)
+        # the manifest's header space: its size now (hashes are fixed-length), with room to spare
+        draft = early or _manifest(recipe, params, plan, ings, base_ing, {str(f): "0" * 64 for f in files}, keys,
+                                   include, exclude, accumulate, out_dtype, int_policy, [], carried, created)
+        reserve = 3 * len(json.dumps(draft, indent=2, default=str)) // 2 + (16 << 10)
+        writer = SoupWriter(out, out_infos, force=force, max_shard_size=max_shard_size, manifest_reserve=reserve,
+                            hash_output=not no_hash)
         writer.begin(early)
     state: dict = {}
     int_disagreements: list[str] = []
